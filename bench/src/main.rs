@@ -1,0 +1,2 @@
+//! Bench tool.
+fn main() {}

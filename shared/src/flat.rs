@@ -1,0 +1,103 @@
+//! The flat compatibility shape (`gateway.v1.flat`, contract §4): frames as
+//! `{"type","payload",…}` for dashboards and agents written against the Mission Control
+//! API. Any client `type` other than `ping` and `authenticate` is an upstream `send`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    codec::DecodeError,
+    frame::{ClientFrame, PrincipalKind, ServerFrame},
+};
+
+/// A flat client frame as it arrives.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FlatIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    message_id: Option<String>,
+    /// In-band authentication may carry the token beside `type` or inside `payload`.
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// Decodes a flat client frame.
+pub fn decode(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let f: FlatIn = serde_json::from_slice(payload)
+        .map_err(|e| DecodeError::bad_request(format!("invalid frame: {e}"), None))?;
+    match f.kind.as_str() {
+        "ping" => Ok(ClientFrame::Ping),
+        "authenticate" => {
+            let token = f
+                .token
+                .or_else(|| f.payload.get("token").and_then(Value::as_str).map(str::to_owned))
+                .ok_or_else(|| DecodeError::bad_request("authenticate needs a token", f.message_id))?;
+            Ok(ClientFrame::Authenticate { token })
+        }
+        "" => Err(DecodeError::bad_request("type must not be empty", f.message_id)),
+        _ => Ok(ClientFrame::Send { id: f.message_id, event: f.kind, data: f.payload }),
+    }
+}
+
+/// A flat server frame: the event name as `type`, the rest as `payload`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FlatOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    payload: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+}
+
+impl<'a> FlatOut<'a> {
+    fn plain(kind: &'a str, payload: Value) -> Self {
+        FlatOut { kind, payload, channel: None, timestamp: None, message_id: None }
+    }
+}
+
+/// Encodes a server frame in the flat shape.
+pub fn encode(frame: &ServerFrame) -> Vec<u8> {
+    let out = match frame {
+        ServerFrame::Event(e) => FlatOut {
+            kind: &e.event,
+            payload: e.data.clone(),
+            channel: Some(e.channel.as_str()),
+            timestamp: Some(e.ts),
+            message_id: Some(&e.id),
+        },
+        ServerFrame::Connected { connection_id, principal, .. } => {
+            let who = match principal.kind {
+                PrincipalKind::User => "userId",
+                PrincipalKind::Agent => "agentId",
+            };
+            FlatOut::plain("connected", json!({ "connectionId": connection_id, who: principal.id }))
+        }
+        ServerFrame::Heartbeat { ts } => FlatOut::plain("heartbeat", json!({ "timestamp": ts })),
+        ServerFrame::Pong { ts } => FlatOut::plain("pong", json!({ "timestamp": ts })),
+        ServerFrame::Ack { id } => FlatOut::plain("ack", json!({ "messageId": id })),
+        ServerFrame::Error { error } => FlatOut::plain("error", json!(error)),
+        ServerFrame::Response { id, result, error } => {
+            let mut p = json!({ "id": id });
+            if let Some(r) = result {
+                p["result"] = r.clone();
+            }
+            if let Some(e) = error {
+                p["error"] = json!(e);
+            }
+            FlatOut::plain("response", p)
+        }
+        ServerFrame::Disconnecting { reason, reconnect } => {
+            FlatOut::plain("disconnecting", json!({ "reason": reason, "reconnect": reconnect }))
+        }
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}

@@ -1,0 +1,239 @@
+//! Typed frames of both directions (contract §2). The canonical JSON and MessagePack
+//! encodings are these types' serde form; the flat shape is in [`crate::flat`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{channel::Channel, error::ErrorBody};
+
+/// A frame a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", rename_all_fields = "camelCase")]
+pub enum ClientFrame {
+    /// In-band credentials, for clients that could not authenticate at the handshake.
+    Authenticate {
+        /// A JWT or an agent API key.
+        token: String,
+    },
+    /// Join channels; each is accepted or rejected on its own.
+    Subscribe {
+        /// Correlates the response.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// Channel names; validated one by one so one bad name rejects only itself.
+        channels: Vec<String>,
+        /// A channel JWT for `session:` channels under the `token` policy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// Leave channels.
+    Unsubscribe {
+        /// Correlates the response.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// Channel names.
+        channels: Vec<String>,
+    },
+    /// Ask a built-in method or a backend for a result.
+    Request {
+        /// Correlates the response; required because the response is useless without it.
+        id: String,
+        /// `presence.get`, `presence.stats`, `channels.list`, or a backend method.
+        method: String,
+        /// Method arguments.
+        #[serde(default)]
+        params: Value,
+    },
+    /// Publish an event on a channel (where the namespace allows client publishes).
+    Publish {
+        /// Correlates the ack.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The channel name.
+        channel: String,
+        /// The event name, e.g. `typing`.
+        event: String,
+        /// The payload.
+        #[serde(default)]
+        data: Value,
+    },
+    /// Send an event upstream to backends (agents' `status:update` and friends).
+    Send {
+        /// Correlates the ack.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The event name, e.g. `status:update`.
+        event: String,
+        /// The payload.
+        #[serde(default)]
+        data: Value,
+    },
+    /// Replace the connection's token before it expires.
+    Refresh {
+        /// The new JWT.
+        token: String,
+    },
+    /// Application-level keep-alive; answered with `pong`.
+    Ping,
+}
+
+impl ClientFrame {
+    /// The frame's `type`, for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Authenticate { .. } => "authenticate",
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::Request { .. } => "request",
+            ClientFrame::Publish { .. } => "publish",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Refresh { .. } => "refresh",
+            ClientFrame::Ping => "ping",
+        }
+    }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrincipalKind {
+    /// A person, authenticated by JWT.
+    User,
+    /// An AI agent, authenticated by API key (or a JWT naming an agent).
+    Agent,
+}
+
+impl PrincipalKind {
+    /// `user` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Agent => "agent",
+        }
+    }
+}
+
+/// The identity a connection acts as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Principal {
+    /// User or agent.
+    pub kind: PrincipalKind,
+    /// The user id (`sub`) or agent id.
+    pub id: String,
+}
+
+/// Why the server is about to close a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The node is shutting down or draining; reconnect (to another node).
+    Shutdown,
+    /// The token expired without a `refresh`.
+    TokenExpired,
+    /// An operator or backend disconnected this principal.
+    Kicked,
+    /// The agent's API key was revoked.
+    Revoked,
+    /// The client kept exceeding its rate limit.
+    RateLimited,
+    /// The client sent too many malformed frames.
+    ProtocolErrors,
+}
+
+/// A channel event as delivered to subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventFrame {
+    /// The channel it was published on.
+    pub channel: Channel,
+    /// The event name, e.g. `message.created` or `agent:status`.
+    pub event: String,
+    /// The payload, as the publisher sent it.
+    pub data: Value,
+    /// A unique message id, for de-duplication by clients.
+    pub id: String,
+    /// When the gateway accepted it, ms since epoch.
+    pub ts: u64,
+}
+
+/// A frame the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", rename_all_fields = "camelCase")]
+pub enum ServerFrame {
+    /// First frame after authentication.
+    Connected {
+        /// Unique id of this connection (also in upstream headers and logs).
+        connection_id: String,
+        /// Who the connection acts as.
+        principal: Principal,
+        /// The node holding the connection.
+        node: String,
+        /// How often the server pings.
+        heartbeat_ms: u64,
+    },
+    /// The answer to a `subscribe`, `unsubscribe` or `request`.
+    Response {
+        /// The request's id.
+        id: String,
+        /// Present on success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Value>,
+        /// Present on failure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+    },
+    /// A channel event.
+    Event(EventFrame),
+    /// A `publish` or `send` was accepted.
+    Ack {
+        /// The frame's id.
+        id: String,
+    },
+    /// The answer to `ping`.
+    Pong {
+        /// Server time, ms since epoch.
+        ts: u64,
+    },
+    /// A frame failed and had no usable id to answer on.
+    Error {
+        /// What went wrong.
+        error: ErrorBody,
+    },
+    /// The server will close the connection next.
+    Disconnecting {
+        /// Why.
+        reason: DisconnectReason,
+        /// Whether reconnecting makes sense (true for shutdown).
+        reconnect: bool,
+    },
+    /// Periodic liveness frame; sent only in the flat shape, whose clients expect it.
+    Heartbeat {
+        /// Server time, ms since epoch.
+        ts: u64,
+    },
+}
+
+impl ServerFrame {
+    /// The frame's `type`, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Connected { .. } => "connected",
+            ServerFrame::Response { .. } => "response",
+            ServerFrame::Event(_) => "event",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::Disconnecting { .. } => "disconnecting",
+            ServerFrame::Heartbeat { .. } => "heartbeat",
+        }
+    }
+
+    /// A successful response.
+    pub fn ok(id: impl Into<String>, result: Value) -> Self {
+        ServerFrame::Response { id: id.into(), result: Some(result), error: None }
+    }
+
+    /// A failed response.
+    pub fn err(id: impl Into<String>, error: ErrorBody) -> Self {
+        ServerFrame::Response { id: id.into(), result: None, error: Some(error) }
+    }
+}

@@ -1,0 +1,25 @@
+//! The gateway's wire protocol: what a client, an agent or a backend can rely on.
+//!
+//! This crate is pure data: channel names and their NATS subjects, the typed frames of
+//! both directions, the error and close codes, and the three encodings (canonical JSON,
+//! MessagePack, and the flat compatibility shape). It does no I/O so the server, the
+//! client SDK and the tests share one definition of every byte on the wire.
+
+pub mod channel;
+pub mod codec;
+pub mod error;
+pub mod flat;
+pub mod frame;
+
+pub use channel::{Channel, ChannelError, Namespace};
+pub use codec::{DecodeError, Encoded, Encoding};
+pub use error::{CloseCode, ErrorBody, ErrorCode};
+pub use frame::{ClientFrame, DisconnectReason, EventFrame, Principal, PrincipalKind, ServerFrame};
+
+/// Milliseconds since the Unix epoch, the unit of every `ts` on the wire.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
