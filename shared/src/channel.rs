@@ -29,13 +29,8 @@ pub enum Namespace {
 
 impl Namespace {
     /// Every namespace, in a fixed order (for configuration and metrics).
-    pub const ALL: [Namespace; 5] = [
-        Namespace::User,
-        Namespace::Agent,
-        Namespace::Project,
-        Namespace::Session,
-        Namespace::Broadcast,
-    ];
+    pub const ALL: [Namespace; 5] =
+        [Namespace::User, Namespace::Agent, Namespace::Project, Namespace::Session, Namespace::Broadcast];
 
     /// The name used on the wire and in subjects.
     pub fn as_str(self) -> &'static str {
@@ -134,9 +129,7 @@ impl Channel {
 
 /// True when `id` is 1-128 characters of `[A-Za-z0-9_-]`.
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl fmt::Display for Channel {

@@ -113,10 +113,7 @@ impl Encoding {
     pub fn decode(self, payload: &[u8], binary: bool) -> Result<ClientFrame, DecodeError> {
         if binary != self.is_binary() {
             let want = if self.is_binary() { "binary" } else { "text" };
-            return Err(DecodeError::bad_request(
-                format!("{} frames travel as {want} messages", self.as_str()),
-                None,
-            ));
+            return Err(DecodeError::bad_request(format!("{} frames travel as {want} messages", self.as_str()), None));
         }
         match self {
             Encoding::Json => serde_json::from_slice(payload).map_err(|e| {

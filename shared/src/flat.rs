@@ -27,8 +27,8 @@ struct FlatIn {
 
 /// Decodes a flat client frame.
 pub fn decode(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
-    let f: FlatIn = serde_json::from_slice(payload)
-        .map_err(|e| DecodeError::bad_request(format!("invalid frame: {e}"), None))?;
+    let f: FlatIn =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::bad_request(format!("invalid frame: {e}"), None))?;
     match f.kind.as_str() {
         "ping" => Ok(ClientFrame::Ping),
         "authenticate" => {

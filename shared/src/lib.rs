@@ -18,8 +18,5 @@ pub use frame::{ClientFrame, DisconnectReason, EventFrame, Principal, PrincipalK
 
 /// Milliseconds since the Unix epoch, the unit of every `ts` on the wire.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

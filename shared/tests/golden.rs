@@ -2,8 +2,8 @@
 //! wire-protocol change and must be deliberate.
 
 use gateway_protocol::{
-    Channel, ClientFrame, DisconnectReason, Encoding, ErrorBody, ErrorCode, EventFrame, Principal,
-    PrincipalKind, ServerFrame,
+    Channel, ClientFrame, DisconnectReason, Encoding, ErrorBody, ErrorCode, EventFrame, Principal, PrincipalKind,
+    ServerFrame,
 };
 use serde_json::json;
 
@@ -50,14 +50,14 @@ fn server_frames() -> Vec<(ServerFrame, &'static str, &'static str)> {
             r#"{"type":"ack","id":"m1"}"#,
             r#"{"type":"ack","payload":{"messageId":"m1"}}"#,
         ),
-        (
-            ServerFrame::Pong { ts: 5 },
-            r#"{"type":"pong","ts":5}"#,
-            r#"{"type":"pong","payload":{"timestamp":5}}"#,
-        ),
+        (ServerFrame::Pong { ts: 5 }, r#"{"type":"pong","ts":5}"#, r#"{"type":"pong","payload":{"timestamp":5}}"#),
         (
             ServerFrame::Error {
-                error: ErrorBody { code: ErrorCode::RateLimited, message: "slow down".into(), retry_after_ms: Some(100) },
+                error: ErrorBody {
+                    code: ErrorCode::RateLimited,
+                    message: "slow down".into(),
+                    retry_after_ms: Some(100),
+                },
             },
             r#"{"type":"error","error":{"code":"rate_limited","message":"slow down","retryAfterMs":100}}"#,
             r#"{"type":"error","payload":{"code":"rate_limited","message":"slow down","retryAfterMs":100}}"#,

@@ -1,0 +1,173 @@
+//! The event bus: how nodes, backends and the control plane reach each other.
+//!
+//! [`Bus`] is the seam between the connection logic and the fabric. [`memory::MemoryBus`]
+//! is the in-process twin used by an embedded single node; [`nats::NatsBus`] maps the
+//! same operations onto NATS subjects (contract §5). Inbound traffic (events, control
+//! commands) reaches the node through [`Inbound`], so no bus knows about connections.
+
+pub mod memory;
+pub mod nats;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gateway_protocol::{Channel, ErrorBody, EventFrame, Principal, PrincipalKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Why a bus operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BusError {
+    /// No backend answered within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Nobody listens on the subject.
+    #[error("no backend is listening")]
+    NoResponders,
+    /// The fabric is unreachable.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with an error body.
+    #[error("backend error: {}", .0.message)]
+    Backend(ErrorBody),
+    /// The backend's answer could not be decoded.
+    #[error("bad backend reply: {0}")]
+    BadReply(String),
+}
+
+/// Who originates an upstream message. Set by the gateway from the authenticated
+/// connection, never from client data.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The authenticated principal.
+    pub principal: &'a Principal,
+    /// The connection's public id.
+    pub connection_id: &'a str,
+    /// The node holding the connection.
+    pub node: &'a str,
+}
+
+/// Body of `gw.ctl.disconnect`: close a principal's connections on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisconnectCommand {
+    /// User or agent.
+    pub kind: PrincipalKind,
+    /// Its id.
+    pub id: String,
+    /// Free text for logs; `revoked` makes the notice say the key was revoked.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Event body on `gw.ev.…` subjects (JSON, or MessagePack with `Content-Type:
+/// application/msgpack`). `id` and `ts` are set by gateways; a backend may omit them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    #[serde(default)]
+    pub data: Value,
+    /// Message id; assigned by the receiving node when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Publish time in ms; the receiving node's clock when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+}
+
+/// Health of one fabric component for `/health`, `/ready` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ComponentHealth {
+    /// `embedded`, `connected` or `disconnected`.
+    pub status: &'static str,
+    /// Server address or last error, for operators.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+impl ComponentHealth {
+    /// The in-process twin: always up.
+    pub fn embedded() -> Self {
+        ComponentHealth { status: "embedded", detail: String::new() }
+    }
+
+    /// Whether the component works (embedded or connected).
+    pub fn is_up(&self) -> bool {
+        self.status != "disconnected"
+    }
+}
+
+/// What a bus delivers into the node.
+pub trait Inbound: Send + Sync + 'static {
+    /// An event for a channel (fan it out locally).
+    fn event(&self, ev: EventFrame);
+    /// A disconnect command.
+    fn control(&self, cmd: DisconnectCommand);
+    /// Whether the node has a local subscriber for `ch` (the truth interest follows).
+    fn has_subscribers(&self, ch: &Channel) -> bool;
+    /// Every channel with a local subscriber.
+    fn channels(&self) -> Vec<Channel>;
+}
+
+/// The operations a node needs from the fabric.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Makes the node's subscription for `ch` match [`Inbound::has_subscribers`]; called
+    /// after a channel's first local subscriber joins or its last leaves. Idempotent, so
+    /// concurrent calls in any order converge on the truth.
+    async fn sync_interest(&self, ch: &Channel) -> Result<(), BusError>;
+    /// Publishes an event to every node with a subscriber.
+    async fn publish(&self, ev: &EventFrame) -> Result<(), BusError>;
+    /// Sends a client's upstream event to backends.
+    async fn send_upstream(&self, origin: &Origin<'_>, event: &str, data: &Value) -> Result<(), BusError>;
+    /// Asks a backend method and waits for its result.
+    async fn request(
+        &self,
+        origin: &Origin<'_>,
+        method: &str,
+        params: &Value,
+        timeout: Duration,
+    ) -> Result<Value, BusError>;
+    /// Asks backends whether `principal` may join `ch` (the `proxy` policy).
+    async fn authorize_subscribe(
+        &self,
+        principal: &Principal,
+        ch: &Channel,
+        timeout: Duration,
+    ) -> Result<bool, BusError>;
+    /// Closes a principal's connections on every node.
+    async fn disconnect(&self, cmd: &DisconnectCommand) -> Result<(), BusError>;
+    /// Reachability, for health and readiness.
+    fn health(&self) -> ComponentHealth;
+}
+
+/// The upstream subject for an event name: `status:update` → `<prefix>.up.status.update`.
+/// Returns `None` when the name cannot be a subject (empty tokens, wildcards, spaces).
+pub fn upstream_subject(prefix: &str, event: &str) -> Option<String> {
+    let tokens: Vec<&str> = event.split([':', '.']).collect();
+    let ok = tokens.iter().all(|t| {
+        !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
+    (ok && tokens.len() <= 8).then(|| format!("{prefix}.up.{}", tokens.join(".")))
+}
+
+/// The RPC subject for a method: `sessions.create` → `<prefix>.rpc.sessions.create`.
+pub fn rpc_subject(prefix: &str, method: &str) -> Option<String> {
+    upstream_subject(prefix, method).map(|s| s.replacen(".up.", ".rpc.", 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        assert_eq!(upstream_subject("gw", "status:update").as_deref(), Some("gw.up.status.update"));
+        assert_eq!(upstream_subject("gw", "task.completed").as_deref(), Some("gw.up.task.completed"));
+        assert_eq!(upstream_subject("gw", "a:>"), None);
+        assert_eq!(upstream_subject("gw", "a b"), None);
+        assert_eq!(upstream_subject("gw", "a::b"), None);
+        assert_eq!(rpc_subject("gw", "sessions.create").as_deref(), Some("gw.rpc.sessions.create"));
+    }
+}

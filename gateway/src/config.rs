@@ -1,0 +1,510 @@
+//! Configuration: built-in defaults → `--config gateway.toml` → `GATEWAY_*` environment,
+//! validated into typed errors that name the offending key.
+//!
+//! Top-level keys map to the contract's fixed names (`GATEWAY_LISTEN`, `GATEWAY_NATS_URL`,
+//! …); nested keys use a double underscore (`GATEWAY_LIMITS__PER_AGENT=3`).
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use gateway_protocol::{Namespace, channel::valid_id};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type; figment names the key.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value has the right type but is not acceptable.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key, e.g. `limits.per_agent`.
+        key: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Who may subscribe to `session:` channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionPolicy {
+    /// A channel JWT (claim `channel`) signed with the gateway key must accompany the subscribe.
+    #[default]
+    Token,
+    /// Backends decide over NATS (`gw.auth.subscribe`), cached briefly.
+    Proxy,
+    /// Any authenticated principal (explicit opt-in).
+    Authenticated,
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP + WebSocket listener.
+    pub listen: SocketAddr,
+    /// This node's name in `/health`, headers and Redis; defaults to the host name.
+    #[serde(deserialize_with = "lossy_string")]
+    pub node_id: String,
+    /// NATS server URL; with `redis_url` unset too, the node runs on in-process twins.
+    #[serde(deserialize_with = "lossy_string")]
+    pub nats_url: String,
+    /// Redis URL for presence, connection counts and API keys.
+    #[serde(deserialize_with = "lossy_string")]
+    pub redis_url: String,
+    /// First token of every NATS subject (`gw.ev.…`).
+    #[serde(deserialize_with = "lossy_string")]
+    pub subject_prefix: String,
+    /// Prefix of every Redis key.
+    #[serde(deserialize_with = "lossy_string")]
+    pub redis_prefix: String,
+    /// HS256 secret for user and channel JWTs.
+    #[serde(deserialize_with = "lossy_string")]
+    pub jwt_secret: String,
+    /// PEM public key (RS256/ES256) for user JWTs; overrides `jwt_secret` for them.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Bearer key for `POST /api/publish` and `/api/disconnect`; unset disables them.
+    #[serde(deserialize_with = "lossy_string")]
+    pub admin_key: String,
+    /// Static agent keys, `agentId:key,agentId:key`.
+    #[serde(deserialize_with = "string_or_list")]
+    pub api_keys: Vec<String>,
+    /// Origins allowed to open WebSockets; empty allows any (agents send none).
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_origins: Vec<String>,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Credential checks.
+    pub auth: AuthConfig,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// Liveness of idle connections.
+    pub heartbeat: Heartbeat,
+    /// Per-connection frame rate limit.
+    pub rate: RateConfig,
+    /// Channel policies.
+    pub channels: ChannelsConfig,
+    /// Graceful drain timings.
+    pub drain: DrainConfig,
+    /// Presence leases.
+    pub presence: PresenceConfig,
+    /// Backend request/reply and fault policy.
+    pub fabric: FabricConfig,
+}
+
+/// Credential checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Required `aud` of user JWTs; empty skips the check.
+    #[serde(deserialize_with = "lossy_string")]
+    pub jwt_audience: String,
+    /// Required `iss` of user JWTs; empty skips the check.
+    #[serde(deserialize_with = "lossy_string")]
+    pub jwt_issuer: String,
+    /// How long an unauthenticated socket may wait before `authenticate`.
+    pub auth_timeout_ms: u64,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    pub leeway_secs: u64,
+    /// How long a Redis API-key lookup is cached.
+    pub key_cache_ms: u64,
+}
+
+/// Size and count limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections this node accepts before answering 503.
+    pub max_connections: usize,
+    /// Connections per agent across the cluster.
+    pub per_agent: u32,
+    /// Connections per user across the cluster.
+    pub per_user: u32,
+    /// Concurrent connections per client IP on this node.
+    pub per_ip: u32,
+    /// Channels one connection may hold.
+    pub max_channels: usize,
+    /// Largest inbound WebSocket message; bigger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Bytes queued for one slow client before it is closed with 4009.
+    pub outbound_queue_bytes: usize,
+    /// Frames queued for one slow client before it is closed with 4009.
+    pub outbound_queue_frames: usize,
+    /// Malformed frames tolerated before closing with 4000.
+    pub max_protocol_errors: u32,
+}
+
+/// Liveness of idle connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Heartbeat {
+    /// WebSocket ping (and flat `heartbeat`) interval.
+    pub interval_ms: u64,
+    /// Close when no pong arrives within this after a ping.
+    pub timeout_ms: u64,
+}
+
+/// Per-connection token buckets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    /// Sustained frames per second.
+    pub per_second: u32,
+    /// Burst above `per_second`.
+    pub burst: u32,
+    /// Frames per minute.
+    pub per_minute: u32,
+    /// Rate-limited frames in a row before closing with 4008.
+    pub strikes_to_close: u32,
+}
+
+/// Channel policies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelsConfig {
+    /// Who may subscribe to `session:` channels.
+    pub session_policy: SessionPolicy,
+    /// Namespaces whose subscribers may `publish`.
+    pub publish: Vec<Namespace>,
+    /// Namespaces that track presence and emit join/leave events.
+    pub presence: Vec<Namespace>,
+    /// How long a `proxy` policy answer is cached.
+    pub proxy_cache_ms: u64,
+}
+
+/// Graceful drain timings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// After SIGTERM, time for the load balancer to see `/ready` = 503 before closing.
+    pub delay_ms: u64,
+    /// Closes are spread over this period so clients do not reconnect at once.
+    pub period_ms: u64,
+    /// Hard deadline from the signal to exit.
+    pub deadline_ms: u64,
+}
+
+/// Presence leases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// How long an entry outlives its node's last refresh.
+    pub lease_ms: u64,
+    /// How often a node refreshes its leases (and reaps expired ones).
+    pub refresh_ms: u64,
+}
+
+/// Backend request/reply and fault policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FabricConfig {
+    /// How long a `request` waits for a backend.
+    pub request_timeout_ms: u64,
+    /// Admit users when Redis is down (count unknown).
+    pub fail_open_users: bool,
+    /// Admit agents when Redis is down (count unknown).
+    pub fail_open_agents: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            node_id: String::new(),
+            nats_url: String::new(),
+            redis_url: String::new(),
+            subject_prefix: "gw".into(),
+            redis_prefix: "gw:".into(),
+            jwt_secret: String::new(),
+            jwt_public_key: None,
+            admin_key: String::new(),
+            api_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+            log_format: LogFormat::Text,
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            heartbeat: Heartbeat::default(),
+            rate: RateConfig::default(),
+            channels: ChannelsConfig::default(),
+            drain: DrainConfig::default(),
+            presence: PresenceConfig::default(),
+            fabric: FabricConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_audience: String::new(),
+            jwt_issuer: String::new(),
+            auth_timeout_ms: 5_000,
+            leeway_secs: 0,
+            key_cache_ms: 5_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            per_agent: 5,
+            per_user: 20,
+            per_ip: 200,
+            max_channels: 100,
+            max_frame_bytes: 64 * 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            outbound_queue_frames: 1024,
+            max_protocol_errors: 10,
+        }
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { interval_ms: 30_000, timeout_ms: 10_000 }
+    }
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig { per_second: 10, burst: 20, per_minute: 100, strikes_to_close: 20 }
+    }
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        ChannelsConfig {
+            session_policy: SessionPolicy::Token,
+            publish: vec![Namespace::Session],
+            presence: vec![Namespace::Session, Namespace::Project],
+            proxy_cache_ms: 10_000,
+        }
+    }
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { delay_ms: 5_000, period_ms: 20_000, deadline_ms: 40_000 }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { lease_ms: 30_000, refresh_ms: 10_000 }
+    }
+}
+
+impl Default for FabricConfig {
+    fn default() -> Self {
+        FabricConfig { request_timeout_ms: 5_000, fail_open_users: true, fail_open_agents: false }
+    }
+}
+
+/// Accepts any scalar as a string: the environment turns `GATEWAY_JWT_SECRET=12345` into
+/// a number before serde sees it.
+fn lossy_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::S(s) => s,
+        Scalar::I(v) => v.to_string(),
+        Scalar::U(v) => v.to_string(),
+        Scalar::F(v) => v.to_string(),
+        Scalar::B(v) => v.to_string(),
+    })
+}
+
+/// Accepts `"a,b"` (environment) as well as `["a","b"]` (TOML).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl Config {
+    /// Loads defaults → optional TOML file → `GATEWAY_*` environment, then validates.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(fig.merge(Env::prefixed("GATEWAY_").split("__")))
+    }
+
+    /// Extracts and validates a configuration from any figment (tests build their own).
+    pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let mut cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types alone cannot; fills the node id.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        if self.node_id.is_empty() {
+            self.node_id = default_node_id();
+        }
+        if !valid_id(&self.node_id) {
+            return invalid("node_id", "must be 1-128 characters of [A-Za-z0-9_-]");
+        }
+        if self.nats_url.is_empty() != self.redis_url.is_empty() {
+            return invalid("nats_url", "set both nats_url and redis_url, or neither (embedded)");
+        }
+        if self.subject_prefix.is_empty() || self.subject_prefix.contains(['.', '*', '>', ' ']) {
+            return invalid("subject_prefix", "must be one NATS token");
+        }
+        self.static_api_keys()?;
+        if self.auth.auth_timeout_ms == 0 {
+            return invalid("auth.auth_timeout_ms", "must be > 0");
+        }
+        if self.limits.max_frame_bytes < 256 {
+            return invalid("limits.max_frame_bytes", "must be at least 256");
+        }
+        if self.limits.outbound_queue_frames == 0 || self.limits.outbound_queue_bytes == 0 {
+            return invalid("limits.outbound_queue_bytes", "queues must be > 0");
+        }
+        if self.heartbeat.interval_ms == 0 || self.heartbeat.timeout_ms == 0 {
+            return invalid("heartbeat.interval_ms", "must be > 0");
+        }
+        if self.rate.per_second == 0 || self.rate.per_minute == 0 {
+            return invalid("rate.per_second", "must be > 0");
+        }
+        if self.presence.refresh_ms == 0 || self.presence.refresh_ms >= self.presence.lease_ms {
+            return invalid("presence.refresh_ms", "must be > 0 and below presence.lease_ms");
+        }
+        if self.drain.deadline_ms < self.drain.delay_ms + self.drain.period_ms {
+            return invalid("drain.deadline_ms", "must cover drain.delay_ms + drain.period_ms");
+        }
+        if self.jwt_public_key.as_ref().is_some_and(|p| !p.exists()) {
+            return invalid("jwt_public_key", "file does not exist");
+        }
+        Ok(())
+    }
+
+    /// Parses `api_keys` (`agentId:key`) into key → agent id.
+    pub fn static_api_keys(&self) -> Result<HashMap<String, String>, ConfigError> {
+        let mut out = HashMap::new();
+        for entry in &self.api_keys {
+            let Some((agent, key)) = entry.split_once(':') else {
+                return Err(ConfigError::Invalid { key: "api_keys", reason: "entries are agentId:key".into() });
+            };
+            if !valid_id(agent) || key.len() < 8 {
+                return Err(ConfigError::Invalid {
+                    key: "api_keys",
+                    reason: format!("agent id {agent:?} must be a channel id and its key at least 8 characters"),
+                });
+            }
+            out.insert(key.to_owned(), agent.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// True when NATS and Redis are configured (a cluster node); false for the embedded twins.
+    pub fn clustered(&self) -> bool {
+        !self.nats_url.is_empty()
+    }
+}
+
+/// Milliseconds as a `Duration`, for the `*_ms` keys.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    if valid_id(&host) {
+        return host;
+    }
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    format!("node-{}", &uuid[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        for (k, v) in pairs {
+            fig = fig.merge(Toml::string(&format!("{k} = {v}")));
+        }
+        Config::from_figment(fig)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.limits.per_agent, 5);
+        assert!(!c.clustered());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = with(&[("nats_url", "\"nats://x\"")]).unwrap_err().to_string();
+        assert!(e.contains("nats_url"), "{e}");
+        let e = with(&[("api_keys", "\"nocolon\"")]).unwrap_err().to_string();
+        assert!(e.contains("api_keys"), "{e}");
+        let e = with(&[("listen", "\"nope\"")]).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = with(&[("limits", "{ per_agent = \"five\" }")]).unwrap_err().to_string();
+        assert!(e.contains("per_agent"), "{e}");
+        let e = with(&[("bogus", "1")]).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn lists_accept_comma_strings() {
+        let c = with(&[("api_keys", "\"a1:key-aaaaaaaa, a2:key-bbbbbbbb\"")]).unwrap();
+        let keys = c.static_api_keys().unwrap();
+        assert_eq!(keys.get("key-aaaaaaaa").map(String::as_str), Some("a1"));
+        assert_eq!(keys.len(), 2);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("gateway.toml", "listen = \"127.0.0.1:9000\"\n[limits]\nper_agent = 3\n")?;
+            jail.set_env("GATEWAY_LIMITS__PER_AGENT", "7");
+            jail.set_env("GATEWAY_JWT_SECRET", "12345");
+            let c = Config::load(Some(std::path::Path::new("gateway.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.limits.per_agent, 7);
+            assert_eq!(c.jwt_secret, "12345");
+            Ok(())
+        });
+    }
+}

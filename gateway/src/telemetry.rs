@@ -1,0 +1,96 @@
+//! Logs and metrics: the tracing subscriber, the Prometheus recorder, and the name of
+//! every metric in one place so dashboards and code cannot drift apart.
+//!
+//! Counters end in `_total`, histograms in `_seconds`; every name starts with `gateway_`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::LogFormat;
+
+/// Open connections, by `kind` (user|agent) and `encoding`.
+pub const CONNECTIONS: &str = "gateway_connections";
+/// Upgrade attempts that completed, by `kind`.
+pub const HANDSHAKES: &str = "gateway_handshakes_total";
+/// Upgrades refused before the socket opened, by `reason` (error code).
+pub const REFUSALS: &str = "gateway_handshake_refusals_total";
+/// Credential checks that failed, by `reason` and `carrier`.
+pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
+/// Time from upgrade request to `connected`.
+pub const HANDSHAKE_SECONDS: &str = "gateway_handshake_seconds";
+/// Frames received, by `type`.
+pub const FRAMES_IN: &str = "gateway_frames_in_total";
+/// Frames sent, by `type`.
+pub const FRAMES_OUT: &str = "gateway_frames_out_total";
+/// Payload bytes received.
+pub const BYTES_IN: &str = "gateway_bytes_in_total";
+/// Payload bytes sent.
+pub const BYTES_OUT: &str = "gateway_bytes_out_total";
+/// Events queued to a local subscriber.
+pub const DELIVERIES: &str = "gateway_deliveries_total";
+/// Events or frames not delivered, by `reason`.
+pub const DROPS: &str = "gateway_drops_total";
+/// Connections closed because their outbound queue overflowed.
+pub const SLOW_CONSUMER_CLOSES: &str = "gateway_slow_consumer_closes_total";
+/// Connections closed, by close `code` reason.
+pub const CLOSES: &str = "gateway_closes_total";
+/// Bytes waiting in outbound queues on this node.
+pub const QUEUE_BYTES: &str = "gateway_outbound_queue_bytes";
+/// Frames answered with `rate_limited`.
+pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
+/// Channels with at least one local subscriber.
+pub const CHANNELS: &str = "gateway_channels";
+/// Local channel subscriptions (connection × channel).
+pub const SUBSCRIPTIONS: &str = "gateway_subscriptions";
+/// Events published by this node (HTTP, client publish, presence), by `source`.
+pub const PUBLISHED: &str = "gateway_published_total";
+/// Time from an event's `ts` to its fan-out on this node.
+pub const DELIVERY_LATENCY: &str = "gateway_delivery_latency_seconds";
+/// Backend requests, by `outcome`.
+pub const REQUESTS: &str = "gateway_requests_total";
+/// Backend request duration.
+pub const REQUEST_SECONDS: &str = "gateway_request_seconds";
+/// 1 when a fabric component is reachable, by `component` (nats|redis).
+pub const FABRIC_UP: &str = "gateway_fabric_up";
+/// Fabric disconnections observed, by `component`.
+pub const FABRIC_OUTAGES: &str = "gateway_fabric_outages_total";
+/// Seconds a fabric component was unreachable, by `component` (the delivery gap).
+pub const FABRIC_GAP_SECONDS: &str = "gateway_fabric_gap_seconds";
+/// 1 while the node drains.
+pub const DRAINING: &str = "gateway_draining";
+/// Connections closed by the drain.
+pub const DRAIN_CLOSES: &str = "gateway_drain_closes_total";
+/// Presence leave events emitted for expired leases.
+pub const PRESENCE_EXPIRED: &str = "gateway_presence_expired_total";
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use. Several nodes in one
+/// process (tests) share it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        match builder.install_recorder() {
+            Ok(handle) => handle,
+            // Another recorder is already installed (an embedding program): render ours
+            // without making it global.
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        }
+    })
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let result = match format {
+        LogFormat::Text => fmt().with_env_filter(filter).try_init(),
+        LogFormat::Json => fmt().json().flatten_event(true).with_env_filter(filter).try_init(),
+    };
+    // A subscriber set earlier (tests) wins.
+    drop(result);
+}
