@@ -18,7 +18,8 @@
 #   --nodes N     number of gateway nodes (default 3).
 #
 # Environment:
-#   GATEWAY_BIN         gateway binary (default: target/release/gateway in the repo)
+#   GATEWAY_BIN         gateway binary (default: target/release/gateway in the repo;
+#                       not passed on to the nodes, nor is GATEWAY_CONFIG)
 #   GATEWAY_JWT_SECRET  HS256 secret (default: random; printed as JWT_SECRET=)
 #   GATEWAY_ADMIN_KEY   admin key for /api/* (default: random; printed as ADMIN_KEY=)
 #   Any other GATEWAY_* variable (e.g. GATEWAY_DRAIN__PERIOD_MS=2000) is inherited
@@ -96,26 +97,40 @@ mkdir -p "$WORKDIR/logs" "$WORKDIR/nats" "$WORKDIR/redis" "$WORKDIR/nginx"
 rm -f "$WORKDIR/env"
 
 PIDS=()          # every child we started, in start order
+FABRIC_PIDS=()   # nats-server and redis-server: stopped last
 CLEANED=0
+# stop_pids PID...: SIGTERM twice (a gateway drains on the first and exits at once on
+# the second: teardown does not wait for drains), wait up to STOP_TIMEOUT seconds,
+# then SIGKILL.
+stop_pids() {
+  local pid alive waited=0
+  [ $# -gt 0 ] || return 0
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  sleep 0.2
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  while :; do
+    alive=0
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" -eq 0 ] && return 0
+    if [ "$waited" -ge $(( STOP_TIMEOUT * 10 )) ]; then
+      for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+      return 0
+    fi
+    sleep 0.1; waited=$(( waited + 1 ))
+  done
+}
 cleanup() {
   [ "$CLEANED" -eq 1 ] && return 0
   CLEANED=1
   trap - INT TERM HUP
-  local pid i waited=0 alive
-  # Stop in reverse order: LB first, then gateways (they start draining), then fabric.
-  for (( i=${#PIDS[@]}-1; i>=0; i-- )); do
-    kill -TERM "${PIDS[$i]}" 2>/dev/null || true
+  local pid others=()
+  # nginx and the gateways first (the gateways drain while NATS/Redis are still up;
+  # a node that takes longer than STOP_TIMEOUT is killed), then the fabric.
+  for pid in "${PIDS[@]}"; do
+    case " ${FABRIC_PIDS[*]} " in *" $pid "*) ;; *) others+=("$pid") ;; esac
   done
-  while :; do
-    alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ "$alive" -eq 0 ] && break
-    if [ "$waited" -ge $(( STOP_TIMEOUT * 10 )) ]; then
-      for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-      break
-    fi
-    sleep 0.1; waited=$(( waited + 1 ))
-  done
+  stop_pids "${others[@]}"
+  stop_pids "${FABRIC_PIDS[@]}"
   wait 2>/dev/null || true
   if [ "${KEEP_WORKDIR:-0}" = "1" ]; then
     echo "local-cluster: stopped; logs kept in $WORKDIR" >&2
@@ -169,12 +184,12 @@ wait_until() {
 # --- NATS --------------------------------------------------------------------
 "$NATS_SERVER" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" \
   -sd "$WORKDIR/nats" -n "local-cluster-nats" >"$WORKDIR/logs/nats.log" 2>&1 </dev/null &
-NATS_PID=$!; PIDS+=("$NATS_PID")
+NATS_PID=$!; PIDS+=("$NATS_PID"); FABRIC_PIDS+=("$NATS_PID")
 
 # --- Redis -------------------------------------------------------------------
 "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
   --dir "$WORKDIR/redis" --daemonize no >"$WORKDIR/logs/redis.log" 2>&1 </dev/null &
-REDIS_PID=$!; PIDS+=("$REDIS_PID")
+REDIS_PID=$!; PIDS+=("$REDIS_PID"); FABRIC_PIDS+=("$REDIS_PID")
 
 redis_ping() {
   if command -v redis-cli >/dev/null 2>&1; then
@@ -200,6 +215,7 @@ for (( i=1; i<=NODES; i++ )); do
   GATEWAY_REDIS_URL="$REDIS_URL" \
   GATEWAY_JWT_SECRET="$JWT_SECRET" \
   GATEWAY_ADMIN_KEY="$ADMIN_KEY" \
+    env -u GATEWAY_BIN -u GATEWAY_CONFIG \
     "$GATEWAY_BIN" serve >"$WORKDIR/logs/gw$i.log" 2>&1 </dev/null &
   GW_PIDS+=("$!"); PIDS+=("$!")
 done

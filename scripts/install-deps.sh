@@ -25,8 +25,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 py_missing=()
-python3 -c 'import helm_python_sdk' >/dev/null 2>&1 || command -v helm >/dev/null 2>&1 || py_missing+=(helm-python-sdk)
-command -v kubernetes-validate >/dev/null 2>&1 || py_missing+=(kubernetes-validate)
+# helm-python-sdk installs the module helm_python (Helm's SDK via libhelm_c, no binary);
+# scripts/check-helm.sh uses it when no `helm` is on PATH, and kubernetes_validate as a module.
+python3 -c 'import helm_python' >/dev/null 2>&1 || command -v helm >/dev/null 2>&1 || py_missing+=(helm-python-sdk)
+python3 -c 'import kubernetes_validate' >/dev/null 2>&1 || py_missing+=(kubernetes-validate)
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "install-deps: pip install ${py_missing[*]}"
   python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}"

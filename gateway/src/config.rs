@@ -148,6 +148,11 @@ pub struct Limits {
     pub outbound_queue_frames: usize,
     /// Malformed frames tolerated before closing with 4000.
     pub max_protocol_errors: u32,
+    /// Initial WebSocket read buffer per connection (grows for larger frames); small
+    /// keeps idle connections cheap.
+    pub read_buffer_bytes: usize,
+    /// Backend requests one connection may have in flight.
+    pub max_inflight_requests: usize,
 }
 
 /// Liveness of idle connections.
@@ -273,6 +278,8 @@ impl Default for Limits {
             outbound_queue_bytes: 1024 * 1024,
             outbound_queue_frames: 1024,
             max_protocol_errors: 10,
+            read_buffer_bytes: 1024,
+            max_inflight_requests: 16,
         }
     }
 }

@@ -1,8 +1,28 @@
-//! Gateway library.
+//! A horizontally scalable WebSocket gateway.
+//!
+//! Stateless nodes hold client and agent connections; channels map onto NATS subjects so
+//! an event published anywhere reaches its subscribers on every node; Redis holds
+//! presence and cluster-wide connection counts. Without NATS and Redis a node runs on
+//! in-process twins of both, through the same code paths.
+//!
+//! Rooms: [`config`], [`auth`], [`access`], [`http`], [`conn`], [`hub`], [`bus`],
+//! [`presence`], [`keys`], [`node`], [`server`], [`shutdown`], [`telemetry`], [`error`].
+
+pub mod access;
 pub mod auth;
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod error;
+pub mod http;
 pub mod hub;
+pub mod keys;
+pub mod node;
 pub mod presence;
+pub mod server;
+pub mod shutdown;
 pub mod telemetry;
+
+pub use config::Config;
+pub use server::run;

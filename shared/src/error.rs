@@ -78,6 +78,18 @@ impl ErrorBody {
     }
 }
 
+impl From<&crate::channel::ChannelError> for ErrorBody {
+    fn from(e: &crate::channel::ChannelError) -> Self {
+        ErrorBody::new(ErrorCode::BadChannel, e.to_string())
+    }
+}
+
+impl From<&crate::codec::DecodeError> for ErrorBody {
+    fn from(e: &crate::codec::DecodeError) -> Self {
+        ErrorBody::new(e.code, e.message.clone())
+    }
+}
+
 /// WebSocket close codes of the contract (§6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseCode {

@@ -70,6 +70,9 @@ pub enum ClientFrame {
     },
     /// Replace the connection's token before it expires.
     Refresh {
+        /// When set, the outcome is answered as a `response` with this id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         /// The new JWT.
         token: String,
     },

@@ -137,7 +137,7 @@ fn client_frames() -> Vec<(ClientFrame, &'static str)> {
             ClientFrame::Send { id: Some("m1".into()), event: "status:update".into(), data: json!({"s":"busy"}) },
             r#"{"type":"send","id":"m1","event":"status:update","data":{"s":"busy"}}"#,
         ),
-        (ClientFrame::Refresh { token: "t2".into() }, r#"{"type":"refresh","token":"t2"}"#),
+        (ClientFrame::Refresh { id: None, token: "t2".into() }, r#"{"type":"refresh","token":"t2"}"#),
         (ClientFrame::Ping, r#"{"type":"ping"}"#),
     ]
 }

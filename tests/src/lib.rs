@@ -1,1 +1,2 @@
 //! Integration-test harness.
+pub mod servers;

@@ -1,0 +1,460 @@
+//! The session state machine of an authenticated connection: it interprets client frames
+//! (subscribe, publish, send, request, refresh, ping), enforces limits, and answers
+//! through the connection's outbound queue. It touches no socket, so it is tested with
+//! the in-process fabric alone.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::extract::ws::Message;
+use gateway_protocol::{
+    Channel, ClientFrame, CloseCode, DisconnectReason, ErrorBody, ErrorCode, PrincipalKind, ServerFrame, now_ms,
+};
+use serde_json::{Value, json};
+
+use super::{
+    admission::Admission,
+    handle::{Close, ConnHandle},
+    ratelimit::{FrameLimiter, Verdict},
+};
+use crate::{auth::Identity, bus::Origin, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
+
+/// Longest accepted event or method name.
+const MAX_NAME_LEN: usize = 128;
+
+/// What the driver does after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Close the connection.
+    Close(Close),
+}
+
+/// One authenticated connection's state.
+pub struct Session {
+    /// The node's services.
+    node: Arc<Node>,
+    /// The connection as the hub sees it; replies go through its queue.
+    handle: Arc<ConnHandle>,
+    /// Who, and what it may do; replaced by `refresh`.
+    identity: Identity,
+    /// Joined channels (a short list: at most `limits.max_channels`).
+    channels: Vec<Channel>,
+    /// Frame rate limits.
+    limiter: FrameLimiter,
+    /// Malformed frames so far.
+    protocol_errors: u32,
+    /// Backend requests in flight.
+    inflight: Arc<AtomicUsize>,
+    /// The connection's place in the cluster-wide count, released at the end.
+    admission: Admission,
+}
+
+impl Session {
+    /// A session for a registered connection.
+    pub fn new(node: Arc<Node>, handle: Arc<ConnHandle>, identity: Identity, admission: Admission) -> Self {
+        let limiter = FrameLimiter::new(&node.cfg.rate);
+        Session {
+            node,
+            handle,
+            identity,
+            channels: Vec::new(),
+            limiter,
+            protocol_errors: 0,
+            inflight: Arc::default(),
+            admission,
+        }
+    }
+
+    /// When the credential expires (ms since epoch), if it does.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.identity.expires_at_ms
+    }
+
+    /// The joined channels.
+    pub fn channels(&self) -> &[Channel] {
+        &self.channels
+    }
+
+    /// Queues a frame to the client.
+    pub fn reply(&self, frame: &ServerFrame) {
+        metrics::counter!(telemetry::FRAMES_OUT, "type" => frame.kind()).increment(1);
+        self.handle.push(to_message(self.handle.encoding, frame));
+    }
+
+    fn fail(&self, id: Option<String>, error: ErrorBody) {
+        match id {
+            Some(id) => self.reply(&ServerFrame::err(id, error)),
+            None => self.reply(&ServerFrame::Error { error }),
+        }
+    }
+
+    fn conn_ref(&self) -> ConnRef<'_> {
+        ConnRef { node: self.node.id(), conn: &self.handle.connection_id, principal: &self.identity.principal }
+    }
+
+    /// Interprets one data message (text or binary).
+    pub async fn on_message(&mut self, payload: &[u8], binary: bool) -> Flow {
+        metrics::counter!(telemetry::BYTES_IN).increment(payload.len() as u64);
+        if payload.len() > self.node.cfg.limits.max_frame_bytes {
+            return Flow::Close(Close::bare(CloseCode::TooBig));
+        }
+        let frame = match self.handle.encoding.decode(payload, binary) {
+            Ok(f) => f,
+            Err(e) => {
+                metrics::counter!(telemetry::FRAMES_IN, "type" => "invalid").increment(1);
+                self.protocol_errors += 1;
+                if self.protocol_errors >= self.node.cfg.limits.max_protocol_errors {
+                    return Flow::Close(Close::with_notice(
+                        CloseCode::ProtocolErrors,
+                        DisconnectReason::ProtocolErrors,
+                        false,
+                    ));
+                }
+                self.fail(e.id.clone(), (&e).into());
+                return Flow::Continue;
+            }
+        };
+        metrics::counter!(telemetry::FRAMES_IN, "type" => frame.kind()).increment(1);
+        match self.limiter.check() {
+            Verdict::Allowed => self.handle_frame(frame).await,
+            Verdict::Limited { retry_after_ms } => {
+                metrics::counter!(telemetry::RATE_LIMITED).increment(1);
+                let error = ErrorBody {
+                    code: ErrorCode::RateLimited,
+                    message: "too many frames".into(),
+                    retry_after_ms: Some(retry_after_ms),
+                };
+                self.fail(frame_id(&frame), error);
+                Flow::Continue
+            }
+            Verdict::Close => {
+                Flow::Close(Close::with_notice(CloseCode::RateLimited, DisconnectReason::RateLimited, false))
+            }
+        }
+    }
+
+    /// Interprets one decoded frame.
+    pub async fn handle_frame(&mut self, frame: ClientFrame) -> Flow {
+        match frame {
+            ClientFrame::Authenticate { .. } => {
+                self.fail(None, ErrorBody::new(ErrorCode::BadRequest, "already authenticated"));
+            }
+            ClientFrame::Subscribe { id, channels, token } => {
+                let result = self.subscribe(&channels, token.as_deref()).await;
+                self.answer_membership(id, result);
+            }
+            ClientFrame::Unsubscribe { id, channels } => {
+                let result = self.unsubscribe(&channels).await;
+                self.answer_membership(id, result);
+            }
+            ClientFrame::Request { id, method, params } => self.request(id, method, params).await,
+            ClientFrame::Publish { id, channel, event, data } => self.publish(id, &channel, event, data).await,
+            ClientFrame::Send { id, event, data } => self.send(id, &event, &data).await,
+            ClientFrame::Refresh { id, token } => self.refresh(id, &token),
+            ClientFrame::Ping => self.reply(&ServerFrame::Pong { ts: now_ms() }),
+        }
+        Flow::Continue
+    }
+
+    fn answer_membership(&self, id: Option<String>, (done, rejected): (Vec<Channel>, Vec<Value>)) {
+        match id {
+            Some(id) => {
+                let key = "subscribed";
+                self.reply(&ServerFrame::ok(id, json!({ key: done, "rejected": rejected })))
+            }
+            None => {
+                for r in rejected {
+                    let code = serde_json::from_value(r["code"].clone()).unwrap_or(ErrorCode::BadRequest);
+                    let msg =
+                        format!("{}: {}", r["channel"].as_str().unwrap_or(""), r["message"].as_str().unwrap_or(""));
+                    self.reply(&ServerFrame::Error { error: ErrorBody::new(code, msg) });
+                }
+            }
+        }
+    }
+
+    /// Joins channels one by one; returns (joined, rejected entries).
+    pub async fn subscribe(&mut self, names: &[String], token: Option<&str>) -> (Vec<Channel>, Vec<Value>) {
+        let mut done = Vec::new();
+        let mut rejected = Vec::new();
+        let reject = |name: &str, e: ErrorBody| json!({ "channel": name, "code": e.code, "message": e.message });
+        let timeout = ms(self.node.cfg.fabric.request_timeout_ms);
+        for name in names {
+            let ch = match Channel::parse(name) {
+                Ok(ch) => ch,
+                Err(e) => {
+                    rejected.push(reject(name, (&e).into()));
+                    continue;
+                }
+            };
+            if self.channels.contains(&ch) {
+                done.push(ch);
+                continue;
+            }
+            if self.channels.len() >= self.node.cfg.limits.max_channels {
+                rejected.push(reject(name, ErrorBody::new(ErrorCode::LimitExceeded, "too many channels")));
+                continue;
+            }
+            let n = &self.node;
+            if let Err(e) = n.access.may_subscribe(&self.identity, &ch, token, &n.auth, &*n.bus, timeout).await {
+                rejected.push(reject(name, (&e).into()));
+                continue;
+            }
+            if let Err(e) = self.join(&ch).await {
+                rejected.push(reject(name, e));
+                continue;
+            }
+            done.push(ch);
+        }
+        (done, rejected)
+    }
+
+    async fn join(&mut self, ch: &Channel) -> Result<(), ErrorBody> {
+        if self.node.hub.subscribe(ch, &self.handle)
+            && let Err(e) = self.node.bus.sync_interest(ch).await
+        {
+            self.node.hub.unsubscribe(ch, self.handle.id);
+            return Err((&e).into());
+        }
+        self.channels.push(ch.clone());
+        if self.node.access.tracks_presence(ch) {
+            match self.node.presence.join(ch, &self.conn_ref()).await {
+                Ok(true) => self.node.announce_presence(ch, "presence.join", &self.identity.principal).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, channel = %ch, "presence join not recorded"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves channels; unknown or unjoined names are reported as rejected.
+    pub async fn unsubscribe(&mut self, names: &[String]) -> (Vec<Channel>, Vec<Value>) {
+        let mut done = Vec::new();
+        let mut rejected = Vec::new();
+        for name in names {
+            match Channel::parse(name) {
+                Ok(ch) if self.channels.contains(&ch) => {
+                    self.leave(&ch).await;
+                    done.push(ch);
+                }
+                Ok(_) => {
+                    rejected.push(json!({ "channel": name, "code": ErrorCode::NotFound, "message": "not subscribed" }))
+                }
+                Err(e) => {
+                    rejected.push(json!({ "channel": name, "code": ErrorCode::BadChannel, "message": e.to_string() }))
+                }
+            }
+        }
+        (done, rejected)
+    }
+
+    async fn leave(&mut self, ch: &Channel) {
+        self.channels.retain(|c| c != ch);
+        if self.node.hub.unsubscribe(ch, self.handle.id)
+            && let Err(e) = self.node.bus.sync_interest(ch).await
+        {
+            tracing::warn!(error = %e, channel = %ch, "bus interest not released");
+        }
+        if self.node.access.tracks_presence(ch) {
+            match self.node.presence.leave(ch, &self.conn_ref()).await {
+                Ok(true) => self.node.announce_presence(ch, "presence.leave", &self.identity.principal).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, channel = %ch, "presence leave not recorded"),
+            }
+        }
+    }
+
+    async fn publish(&mut self, id: Option<String>, channel: &str, event: String, data: Value) {
+        let ch = match Channel::parse(channel) {
+            Ok(ch) => ch,
+            Err(e) => return self.fail(id, (&e).into()),
+        };
+        if event.is_empty() || event.len() > MAX_NAME_LEN {
+            return self.fail(id, ErrorBody::new(ErrorCode::BadRequest, "event must be 1-128 characters"));
+        }
+        if let Err(e) = self.node.access.may_publish(&self.identity, &ch, self.channels.contains(&ch)) {
+            return self.fail(id, (&e).into());
+        }
+        let ev = self.node.new_event(ch, event, data);
+        metrics::counter!(telemetry::PUBLISHED, "source" => "client").increment(1);
+        match self.node.bus.publish(&ev).await {
+            Ok(()) => self.ack(id),
+            Err(e) => self.fail(id, (&e).into()),
+        }
+    }
+
+    async fn send(&mut self, id: Option<String>, event: &str, data: &Value) {
+        if event.len() > MAX_NAME_LEN {
+            return self.fail(id, ErrorBody::new(ErrorCode::BadRequest, "event name too long"));
+        }
+        let origin = Origin {
+            principal: &self.identity.principal,
+            connection_id: &self.handle.connection_id,
+            node: self.node.id(),
+        };
+        match self.node.bus.send_upstream(&origin, event, data).await {
+            Ok(()) => self.ack(id),
+            Err(e) => self.fail(id, (&e).into()),
+        }
+    }
+
+    fn ack(&self, id: Option<String>) {
+        if let Some(id) = id {
+            self.reply(&ServerFrame::Ack { id });
+        }
+    }
+
+    fn refresh(&mut self, id: Option<String>, token: &str) {
+        let outcome = self.node.auth.verify_jwt(token).map_err(|e| ErrorBody::from(&e)).and_then(|fresh| {
+            if fresh.principal != self.identity.principal {
+                return Err(ErrorBody::new(ErrorCode::Forbidden, "token is for another principal"));
+            }
+            Ok(fresh)
+        });
+        match outcome {
+            Ok(fresh) => {
+                let expires = fresh.expires_at_ms;
+                self.identity = fresh;
+                if let Some(id) = id {
+                    self.reply(&ServerFrame::ok(id, json!({ "expiresAt": expires })));
+                }
+            }
+            Err(e) => self.fail(id, e),
+        }
+    }
+
+    async fn request(&mut self, id: String, method: String, params: Value) {
+        match method.as_str() {
+            "channels.list" => {
+                let list: Vec<&str> = self.channels.iter().map(Channel::as_str).collect();
+                self.reply(&ServerFrame::ok(id, json!({ "channels": list })));
+            }
+            "presence.get" | "presence.stats" => {
+                let ch = match self.presence_channel(&params) {
+                    Ok(ch) => ch,
+                    Err(e) => return self.fail(Some(id), e),
+                };
+                let result = if method == "presence.get" {
+                    self.node.presence.members(&ch).await.map(|m| json!({ "channel": ch, "members": m }))
+                } else {
+                    self.node.presence.stats(&ch).await.map(|s| json!({ "channel": ch, "stats": s }))
+                };
+                match result {
+                    Ok(v) => self.reply(&ServerFrame::ok(id, v)),
+                    Err(e) => self.fail(Some(id), (&e).into()),
+                }
+            }
+            _ => self.forward(id, method, params),
+        }
+    }
+
+    fn presence_channel(&self, params: &Value) -> Result<Channel, ErrorBody> {
+        let name = params
+            .get("channel")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ErrorBody::new(ErrorCode::BadRequest, "params.channel is required"))?;
+        let ch = Channel::parse(name).map_err(|e| ErrorBody::from(&e))?;
+        if !self.identity.admin && !self.channels.contains(&ch) {
+            return Err(ErrorBody::new(ErrorCode::Forbidden, "subscribe to the channel first"));
+        }
+        if !self.node.access.tracks_presence(&ch) {
+            return Err(ErrorBody::new(ErrorCode::NotFound, "this namespace has no presence"));
+        }
+        Ok(ch)
+    }
+
+    /// Forwards a method to backends on a tracked task, so a slow backend does not stall
+    /// this connection's other frames.
+    fn forward(&self, id: String, method: String, params: Value) {
+        if method.is_empty() || method.len() > MAX_NAME_LEN || crate::bus::rpc_subject("gw", &method).is_none() {
+            return self.fail(Some(id), ErrorBody::new(ErrorCode::BadRequest, "invalid method name"));
+        }
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.node.cfg.limits.max_inflight_requests {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return self.fail(Some(id), ErrorBody::new(ErrorCode::LimitExceeded, "too many requests in flight"));
+        }
+        let (node, handle, inflight) = (self.node.clone(), self.handle.clone(), self.inflight.clone());
+        let principal = self.identity.principal.clone();
+        let timeout = ms(node.cfg.fabric.request_timeout_ms);
+        self.node.tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            let origin = Origin { principal: &principal, connection_id: &handle.connection_id, node: node.id() };
+            let call = node.bus.request(&origin, &method, &params, timeout);
+            let outcome = tokio::select! {
+                r = call => r,
+                _ = handle.closed() => { inflight.fetch_sub(1, Ordering::AcqRel); return; }
+                _ = node.shutdown.stopped() => { inflight.fetch_sub(1, Ordering::AcqRel); return; }
+            };
+            let label = match &outcome {
+                Ok(_) => "ok",
+                Err(crate::bus::BusError::Timeout(_)) => "timeout",
+                Err(crate::bus::BusError::NoResponders) => "no_responders",
+                Err(_) => "error",
+            };
+            metrics::counter!(telemetry::REQUESTS, "outcome" => label).increment(1);
+            metrics::histogram!(telemetry::REQUEST_SECONDS).record(started.elapsed().as_secs_f64());
+            let frame = match outcome {
+                Ok(v) => ServerFrame::ok(id, v),
+                Err(e) => ServerFrame::err(id, (&e).into()),
+            };
+            metrics::counter!(telemetry::FRAMES_OUT, "type" => "response").increment(1);
+            handle.push(to_message(handle.encoding, &frame));
+            inflight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Leaves every channel and releases the connection's counts. Called once, at the end.
+    pub async fn finish(mut self) {
+        for ch in self.channels.clone() {
+            self.leave(&ch).await;
+        }
+        self.node.hub.unregister(self.handle.id);
+        self.admission.release().await;
+        let kind = self.identity.principal.kind;
+        metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
+    }
+
+    /// A frame announcing the close, when the close has one.
+    pub fn notice(close: &Close) -> Option<ServerFrame> {
+        close.notice.map(|(reason, reconnect)| ServerFrame::Disconnecting { reason, reconnect })
+    }
+
+    /// The principal kind, for metrics.
+    pub fn kind(&self) -> PrincipalKind {
+        self.identity.principal.kind
+    }
+
+    /// The connection handle.
+    pub fn handle(&self) -> &Arc<ConnHandle> {
+        &self.handle
+    }
+
+    /// Queues a raw message (pings).
+    pub fn push_raw(&self, msg: Message) {
+        self.handle.push(msg);
+    }
+
+    /// Time until the credential expires, if it does.
+    pub fn time_to_expiry(&self) -> Option<Duration> {
+        self.identity.expires_at_ms.map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+    }
+}
+
+fn frame_id(f: &ClientFrame) -> Option<String> {
+    match f {
+        ClientFrame::Subscribe { id, .. }
+        | ClientFrame::Unsubscribe { id, .. }
+        | ClientFrame::Publish { id, .. }
+        | ClientFrame::Send { id, .. }
+        | ClientFrame::Refresh { id, .. } => id.clone(),
+        ClientFrame::Request { id, .. } => Some(id.clone()),
+        ClientFrame::Authenticate { .. } | ClientFrame::Ping => None,
+    }
+}

@@ -1,0 +1,114 @@
+//! The one place where module errors become wire errors: an [`ErrorBody`] with its code,
+//! the HTTP status a refused handshake or API call answers with, and the close code a
+//! fatal connection error ends with.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use gateway_protocol::{CloseCode, ErrorBody, ErrorCode};
+
+use crate::{auth::AuthError, bus::BusError, presence::PresenceError};
+
+/// The HTTP status for an error code (handshake refusals and the HTTP API).
+pub fn http_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::BadChannel => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::RateLimited | ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The close code for an error that ends a connection.
+pub fn close_code(code: ErrorCode) -> CloseCode {
+    match code {
+        ErrorCode::Unauthorized => CloseCode::Unauthorized,
+        ErrorCode::TokenExpired => CloseCode::TokenExpired,
+        ErrorCode::Forbidden => CloseCode::Forbidden,
+        ErrorCode::LimitExceeded => CloseCode::ConnectionLimit,
+        ErrorCode::RateLimited => CloseCode::RateLimited,
+        ErrorCode::TooLarge => CloseCode::TooBig,
+        ErrorCode::BadRequest | ErrorCode::BadChannel | ErrorCode::NotFound => CloseCode::ProtocolErrors,
+        ErrorCode::Unavailable | ErrorCode::Timeout => CloseCode::GoingAway,
+        ErrorCode::Internal => CloseCode::Internal,
+    }
+}
+
+impl From<&AuthError> for ErrorBody {
+    fn from(e: &AuthError) -> Self {
+        let code = match e {
+            AuthError::Expired => ErrorCode::TokenExpired,
+            AuthError::Unavailable => ErrorCode::Unavailable,
+            AuthError::Missing | AuthError::Invalid(_) | AuthError::Revoked | AuthError::NotConfigured(_) => {
+                ErrorCode::Unauthorized
+            }
+        };
+        ErrorBody::new(code, e.to_string())
+    }
+}
+
+impl From<&BusError> for ErrorBody {
+    fn from(e: &BusError) -> Self {
+        match e {
+            BusError::Timeout(_) => ErrorBody::new(ErrorCode::Timeout, e.to_string()),
+            BusError::NoResponders | BusError::Unavailable(_) => ErrorBody::new(ErrorCode::Unavailable, e.to_string()),
+            BusError::Backend(body) => body.clone(),
+            BusError::BadReply(_) => ErrorBody::new(ErrorCode::Internal, e.to_string()),
+        }
+    }
+}
+
+impl From<&PresenceError> for ErrorBody {
+    fn from(e: &PresenceError) -> Self {
+        ErrorBody::new(ErrorCode::Unavailable, e.to_string())
+    }
+}
+
+/// An HTTP error answer: status from the code, body `{"code","message"}`.
+#[derive(Debug)]
+pub struct ApiError(pub ErrorBody);
+
+impl ApiError {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError(ErrorBody::new(code, message))
+    }
+}
+
+impl<T> From<&T> for ApiError
+where
+    for<'a> &'a T: Into<ErrorBody>,
+{
+    fn from(e: &T) -> Self {
+        ApiError(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (http_status(self.0.code), Json(self.0)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_errors_map_to_401_and_4001() {
+        let b: ErrorBody = (&AuthError::Expired).into();
+        assert_eq!(b.code, ErrorCode::TokenExpired);
+        assert_eq!(http_status(b.code), StatusCode::UNAUTHORIZED);
+        assert_eq!(close_code(b.code), CloseCode::TokenExpired);
+        let b: ErrorBody = (&AuthError::Invalid("x")).into();
+        assert_eq!(close_code(b.code), CloseCode::Unauthorized);
+        assert_eq!(http_status(ErrorCode::LimitExceeded), StatusCode::TOO_MANY_REQUESTS);
+    }
+}

@@ -1,0 +1,300 @@
+//! The HTTP surface: the WebSocket handshake (`GET /ws`), health and readiness, metrics,
+//! and the admin API (`POST /api/publish`, `POST /api/disconnect`).
+//!
+//! A handshake is checked completely before the upgrade — draining, origin, encoding,
+//! node capacity, per-IP limit, credentials, cluster-wide admission — so a refusal is an
+//! HTTP status with a JSON `{"code","message"}` body, never a socket that opens and dies.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{ConnectInfo, Query, State, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use futures_util::StreamExt;
+use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, PrincipalKind, now_ms};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    bus::DisconnectCommand,
+    conn::{
+        admission::Admission,
+        driver::{self, Start},
+    },
+    error::ApiError,
+    node::{HEALTH_TIMEOUT, Node},
+    telemetry,
+};
+
+/// The router of one node.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/publish", post(publish))
+        .route("/api/disconnect", post(disconnect))
+        .with_state(node)
+}
+
+fn refuse(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+    metrics::counter!(telemetry::REFUSALS, "reason" => reason).increment(1);
+    ApiError::new(code, message)
+}
+
+/// Releases the per-IP count when the connection (or a refused handshake) ends.
+struct IpClaim {
+    node: Arc<Node>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpClaim {
+    fn drop(&mut self) {
+        self.node.release_ip(self.ip);
+    }
+}
+
+/// Picks the credential: `Authorization: Bearer`, `?token=`, `X-API-Key`, `?apiKey=` (first wins).
+fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(String, &'static str)> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        let bearer = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
+        return Some((bearer.trim().to_owned(), "authorization"));
+    }
+    if let Some(t) = q.get("token") {
+        return Some((t.clone(), "query_token"));
+    }
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some((k.trim().to_owned(), "x_api_key"));
+    }
+    q.get("apiKey").map(|k| (k.clone(), "query_api_key"))
+}
+
+/// The encoding: the first supported offered subprotocol, else `?format=`, else JSON.
+fn negotiate(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<(Encoding, bool), ApiError> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if let Some(e) = offered.iter().find_map(|p| Encoding::from_subprotocol(p)) {
+        return Ok((e, true));
+    }
+    if let Some(f) = q.get("format") {
+        return Encoding::from_format(f)
+            .map(|e| (e, false))
+            .ok_or_else(|| refuse(ErrorCode::BadRequest, "bad_format", "format must be json, msgpack or flat"));
+    }
+    if !offered.is_empty() {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            "bad_subprotocol",
+            "supported subprotocols: gateway.v1.json, gateway.v1.msgpack, gateway.v1.flat",
+        ));
+    }
+    Ok((Encoding::Json, false))
+}
+
+async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    if node.shutdown.is_draining() {
+        return Err(refuse(ErrorCode::Unavailable, "draining", "node is draining; reconnect"));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && !node.cfg.allowed_origins.is_empty()
+        && !node.cfg.allowed_origins.iter().any(|o| o == origin)
+    {
+        return Err(refuse(ErrorCode::Forbidden, "origin", format!("origin {origin} is not allowed")));
+    }
+    let (encoding, by_subprotocol) = negotiate(&headers, &q)?;
+    if node.hub.stats().connections >= node.cfg.limits.max_connections {
+        return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
+    }
+    let ip = peer.ip();
+    if !node.claim_ip(ip) {
+        return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
+    }
+    let claim = IpClaim { node: node.clone(), ip };
+    let connection_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
+    let authenticated = match credential(&headers, &q) {
+        None => None,
+        Some((cred, carrier)) => {
+            let identity = node.auth.authenticate(&cred).await.map_err(|e| {
+                metrics::counter!(telemetry::AUTH_FAILURES, "reason" => reason_label(&e), "carrier" => carrier)
+                    .increment(1);
+                metrics::counter!(telemetry::REFUSALS, "reason" => "auth").increment(1);
+                ApiError::from(&e)
+            })?;
+            let admission = Admission::take(&node, connection_id.clone(), &identity.principal).await.map_err(|e| {
+                metrics::counter!(telemetry::REFUSALS, "reason" => "limit").increment(1);
+                ApiError(e)
+            })?;
+            Some((identity, admission))
+        }
+    };
+    let subscribe: Vec<String> = q
+        .get("subscribe")
+        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    let limits = &node.cfg.limits;
+    let mut ws = ws
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes);
+    if by_subprotocol {
+        ws = ws.protocols([encoding.subprotocol()]);
+    }
+    let start = Start { connection_id, encoding, authenticated, subscribe };
+    let tasks = node.tasks.clone();
+    Ok(ws.on_upgrade(move |socket| {
+        let (sink, stream) = socket.split();
+        tasks.track_future(async move {
+            let _claim = claim;
+            driver::serve(sink, stream, node, start).await;
+        })
+    }))
+}
+
+fn reason_label(e: &crate::auth::AuthError) -> &'static str {
+    use crate::auth::AuthError as A;
+    match e {
+        A::Missing => "missing",
+        A::Invalid(_) => "invalid",
+        A::Expired => "expired",
+        A::Revoked => "revoked",
+        A::Unavailable => "unavailable",
+        A::NotConfigured(_) => "not_configured",
+    }
+}
+
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    let s = node.hub.stats();
+    let (bus, presence) = (node.bus.health(), node.presence.health());
+    let cluster = match tokio::time::timeout(HEALTH_TIMEOUT, node.presence.nodes()).await {
+        Ok(Ok(nodes)) => json!({
+            "nodes": nodes.len(),
+            "connections": nodes.iter().map(|n| n.connections).sum::<u64>(),
+            "members": nodes,
+        }),
+        _ => json!({ "status": "unknown" }),
+    };
+    let status = if bus.is_up() && presence.is_up() { "ok" } else { "degraded" };
+    Json(json!({
+        "status": status,
+        "timestamp": now_ms(),
+        "node": node.id(),
+        "websocket": {
+            "status": if node.shutdown.is_draining() { "draining" } else { "running" },
+            "connections": s.connections,
+            "connectedUsers": s.connected_users,
+            "connectedAgents": s.connected_agents,
+            "channels": s.channels,
+            "subscriptions": s.subscriptions,
+            "trackedIps": node.tracked_ips(),
+        },
+        "nats": bus,
+        "redis": presence,
+        "cluster": cluster,
+    }))
+    .into_response()
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    let (ready, reason) = if node.shutdown.is_draining() {
+        (false, "draining")
+    } else if !node.fabric_up() {
+        (false, "fabric_down")
+    } else {
+        (true, "ok")
+    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready, "reason": reason, "node": node.id() }))).into_response()
+}
+
+async fn metrics() -> Response {
+    let body = telemetry::prometheus().render();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body).into_response()
+}
+
+fn check_admin(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    if node.cfg.admin_key.is_empty() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "admin API disabled: no admin key configured"));
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare hashes so the comparison time does not depend on the key's prefix.
+    if crate::auth::hash_key(given) != crate::auth::hash_key(&node.cfg.admin_key) {
+        return Err(ApiError::new(ErrorCode::Unauthorized, "admin key required"));
+    }
+    Ok(())
+}
+
+/// Body of `POST /api/publish`.
+#[derive(Deserialize)]
+struct PublishBody {
+    channel: String,
+    event: String,
+    #[serde(default)]
+    data: Value,
+}
+
+async fn publish(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    check_admin(&node, &headers)?;
+    let b: PublishBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body must be {{channel, event, data}}: {e}")))?;
+    let ch = Channel::parse(&b.channel).map_err(|e| ApiError::from(&e))?;
+    if b.event.is_empty() || b.event.len() > 128 {
+        return Err(ApiError::new(ErrorCode::BadRequest, "event must be 1-128 characters"));
+    }
+    let ev = node.new_event(ch, b.event, b.data);
+    node.bus.publish(&ev).await.map_err(|e| ApiError::from(&e))?;
+    metrics::counter!(telemetry::PUBLISHED, "source" => "http").increment(1);
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": ev.id }))).into_response())
+}
+
+/// Body of `POST /api/disconnect`.
+#[derive(Deserialize)]
+struct DisconnectBody {
+    kind: PrincipalKind,
+    id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn disconnect(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    check_admin(&node, &headers)?;
+    let b: DisconnectBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body must be {{kind, id, reason}}: {e}")))?;
+    let cmd = DisconnectCommand { kind: b.kind, id: b.id, reason: b.reason };
+    node.bus.disconnect(&cmd).await.map_err(|e| ApiError::from(&e))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
+}
+
+/// Answers requests to unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError(ErrorBody::new(ErrorCode::NotFound, "no such endpoint"))
+}

@@ -1,0 +1,225 @@
+//! A node's shared state: configuration, the local hub, the fabric (bus + presence),
+//! credential and permission checks, and the shutdown signals every loop watches.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use gateway_protocol::{Channel, CloseCode, DisconnectReason, EventFrame, Principal, PrincipalKind, now_ms};
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    access::Access,
+    auth::Authenticator,
+    bus::{Bus, DisconnectCommand, Inbound},
+    config::{Config, ms},
+    conn::handle::Close,
+    hub::Hub,
+    presence::{NodeReport, Presence},
+    shutdown::Shutdown,
+    telemetry,
+};
+
+/// Everything a connection or handler needs, shared by reference count.
+pub struct Node {
+    /// Validated configuration.
+    pub cfg: Arc<Config>,
+    /// Local connections and channel subscribers.
+    pub hub: Arc<Hub>,
+    /// Events, upstream sends, requests and control between nodes and backends.
+    pub bus: Arc<dyn Bus>,
+    /// Cluster-wide presence and connection counts.
+    pub presence: Arc<dyn Presence>,
+    /// Credential checks.
+    pub auth: Arc<Authenticator>,
+    /// Channel permissions.
+    pub access: Access,
+    /// Drain and stop signals.
+    pub shutdown: Shutdown,
+    /// Every task the node spawns, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Source of node-local connection numbers.
+    next_conn: AtomicU64,
+    /// Open connections per client IP (the per-IP limit).
+    per_ip: DashMap<IpAddr, u32>,
+}
+
+impl Node {
+    /// Assembles a node from its parts.
+    pub fn new(
+        cfg: Arc<Config>,
+        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
+        presence: Arc<dyn Presence>,
+        auth: Arc<Authenticator>,
+        shutdown: Shutdown,
+        tasks: TaskTracker,
+    ) -> Self {
+        let access = Access::new(cfg.channels.clone());
+        Node {
+            cfg,
+            hub,
+            bus,
+            presence,
+            auth,
+            access,
+            shutdown,
+            tasks,
+            next_conn: AtomicU64::new(1),
+            per_ip: DashMap::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    /// A fresh node-local connection number.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a connection from `ip`; false when the IP is at its limit.
+    pub fn claim_ip(&self, ip: IpAddr) -> bool {
+        let mut n = self.per_ip.entry(ip).or_insert(0);
+        if *n >= self.cfg.limits.per_ip {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Uncounts a connection from `ip`.
+    pub fn release_ip(&self, ip: IpAddr) {
+        let now_zero = match self.per_ip.get_mut(&ip) {
+            Some(mut n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => false,
+        };
+        if now_zero {
+            self.per_ip.remove_if(&ip, |_, n| *n == 0);
+        }
+    }
+
+    /// Distinct client IPs with open connections (leak checks).
+    pub fn tracked_ips(&self) -> usize {
+        self.per_ip.len()
+    }
+
+    /// The cluster-wide connection limit for a principal kind.
+    pub fn limit_for(&self, kind: PrincipalKind) -> u32 {
+        match kind {
+            PrincipalKind::User => self.cfg.limits.per_user,
+            PrincipalKind::Agent => self.cfg.limits.per_agent,
+        }
+    }
+
+    /// Whether admission proceeds when the presence store cannot count.
+    pub fn fail_open(&self, kind: PrincipalKind) -> bool {
+        match kind {
+            PrincipalKind::User => self.cfg.fabric.fail_open_users,
+            PrincipalKind::Agent => self.cfg.fabric.fail_open_agents,
+        }
+    }
+
+    /// A new event with a fresh id and the current time.
+    pub fn new_event(&self, channel: Channel, event: String, data: serde_json::Value) -> EventFrame {
+        EventFrame { channel, event, data, id: uuid::Uuid::now_v7().to_string(), ts: now_ms() }
+    }
+
+    /// Publishes `presence.join` / `presence.leave` for a member on a channel.
+    pub async fn announce_presence(&self, ch: &Channel, event: &str, member: &Principal) {
+        let ev = self.new_event(ch.clone(), event.to_owned(), json!({ "kind": member.kind, "id": member.id }));
+        metrics::counter!(telemetry::PUBLISHED, "source" => "presence").increment(1);
+        if let Err(e) = self.bus.publish(&ev).await {
+            tracing::warn!(error = %e, channel = %ch, "presence event not published");
+        }
+    }
+
+    /// This node's registry entry.
+    pub fn report(&self) -> NodeReport {
+        let s = self.hub.stats();
+        NodeReport {
+            node: self.id().to_owned(),
+            connections: s.connections as u64,
+            connected_users: s.connected_users as u64,
+            connected_agents: s.connected_agents as u64,
+            status: if self.shutdown.is_draining() { "draining" } else { "running" }.into(),
+        }
+    }
+
+    /// Whether the fabric works (for `/ready`).
+    pub fn fabric_up(&self) -> bool {
+        self.bus.health().is_up() && self.presence.health().is_up()
+    }
+
+    /// Refreshes presence leases and announces leaves of expired members, until stopped.
+    pub async fn maintain_presence(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ms(self.cfg.presence.refresh_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.stopped() => return,
+                _ = tick.tick() => {}
+            }
+            match self.presence.maintain(&self.report()).await {
+                Ok(expired) => {
+                    for e in expired {
+                        metrics::counter!(telemetry::PRESENCE_EXPIRED).increment(1);
+                        self.announce_presence(&e.channel, "presence.leave", &e.member).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "presence maintenance failed"),
+            }
+            for (component, up) in [("nats", self.bus.health().is_up()), ("redis", self.presence.health().is_up())] {
+                metrics::gauge!(telemetry::FABRIC_UP, "component" => component).set(if up { 1.0 } else { 0.0 });
+            }
+        }
+    }
+}
+
+/// What the bus delivers into: the hub for events, connection closes for commands.
+pub struct NodeInbound {
+    /// Local subscribers.
+    pub hub: Arc<Hub>,
+    /// Key cache to forget on revocation.
+    pub auth: Arc<Authenticator>,
+}
+
+impl Inbound for NodeInbound {
+    fn event(&self, ev: EventFrame) {
+        self.hub.deliver(&ev);
+    }
+
+    fn control(&self, cmd: DisconnectCommand) {
+        let reason = if cmd.reason == "revoked" {
+            self.auth.forget_keys();
+            DisconnectReason::Revoked
+        } else {
+            DisconnectReason::Kicked
+        };
+        let n = self.hub.disconnect(cmd.kind, &cmd.id, Close::with_notice(CloseCode::Disconnected, reason, false));
+        tracing::info!(kind = cmd.kind.as_str(), id = %cmd.id, reason = %cmd.reason, closed = n, "disconnect command");
+    }
+
+    fn has_subscribers(&self, ch: &Channel) -> bool {
+        self.hub.has_subscribers(ch)
+    }
+
+    fn channels(&self) -> Vec<Channel> {
+        self.hub.channels()
+    }
+}
+
+/// How long to wait for presence when answering health checks.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);

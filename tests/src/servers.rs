@@ -1,0 +1,326 @@
+//! Real `nats-server` and `redis-server` processes on free ports, one set per test.
+//!
+//! Tests run in parallel in many processes, so nothing here is fixed or shared: every
+//! server gets ports the OS just handed out, its own temporary directory (logs, JetStream
+//! store), and is killed when its handle drops. Every wait is bounded, and a server that
+//! exits during start-up (say another process grabbed its port in the meantime) is
+//! retried on new ports.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    process::{Child, Command},
+    time::{Instant, sleep, timeout},
+};
+
+/// How long a server may take to accept connections after it was spawned.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restart keeps trying to re-bind the previous ports.
+const REBIND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Start attempts on fresh ports before giving up (a port may be taken between our probe
+/// and the server's bind).
+const START_ATTEMPTS: usize = 5;
+/// Pause between readiness probes.
+const POLL: Duration = Duration::from_millis(25);
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    free_ports::<1>().map(|[p]| p).expect("no free port on 127.0.0.1")
+}
+
+/// `N` distinct ports, all bound at once so the OS cannot hand out the same one twice.
+fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let listeners = (0..N).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0u16; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+/// Opens `path` for a child's stdout/stderr (appending, so restarts keep earlier logs).
+fn log_file(path: &Path) -> anyhow::Result<Stdio> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open log {}", path.display()))?;
+    Ok(Stdio::from(f))
+}
+
+/// The last lines of a log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Spawns `cmd` with its output appended to `log`, killed when the handle drops.
+fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
+    cmd.stdin(Stdio::null()).stdout(log_file(log)?).stderr(log_file(log)?).kill_on_drop(true);
+    cmd.spawn().with_context(|| format!("spawn {:?}", cmd.as_std().get_program()))
+}
+
+/// Waits until `probe` succeeds, failing early when the child exits. Bounded by `limit`.
+async fn wait_ready<F, Fut>(child: &mut Child, limit: Duration, mut probe: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("server exited during start-up: {status}");
+        }
+        if timeout(Duration::from_secs(1), probe()).await.unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("server not ready within {limit:?}");
+        }
+        sleep(POLL).await;
+    }
+}
+
+/// Whether something accepts TCP connections on `port`.
+async fn accepts(port: u16) -> bool {
+    TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.is_ok()
+}
+
+/// Kills and reaps a child, bounded (SIGKILL cannot be ignored, so this is quick).
+async fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.start_kill();
+        let _ = timeout(Duration::from_secs(5), c.wait()).await;
+    }
+}
+
+/// A `nats-server` with JetStream and the HTTP monitor, on free ports.
+pub struct NatsServer {
+    /// Client URL, `nats://127.0.0.1:PORT`.
+    pub url: String,
+    /// Client port (kept across restarts).
+    pub port: u16,
+    /// Monitoring base URL, `http://127.0.0.1:MPORT`, for `/connz` and `/healthz`.
+    pub monitor_url: String,
+    /// Monitoring port (kept across restarts).
+    monitor_port: u16,
+    /// Holds the log file and JetStream store; deleted on drop.
+    dir: tempfile::TempDir,
+    /// The running process; `None` while stopped.
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server and waits (≤ 10 s) until its client port accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nats-").tempdir()?;
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            let [port, monitor_port] = free_ports::<2>()?;
+            match launch_nats(dir.path(), port, monitor_port).await {
+                Ok(child) => {
+                    return Ok(NatsServer {
+                        url: format!("nats://127.0.0.1:{port}"),
+                        port,
+                        monitor_url: format!("http://127.0.0.1:{monitor_port}"),
+                        monitor_port,
+                        dir,
+                        child: Some(child),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("nats-server did not start")))
+    }
+
+    /// Where the server writes its log.
+    pub fn log_path(&self) -> PathBuf {
+        nats_log(self.dir.path())
+    }
+
+    /// Kills the server (SIGKILL, no goodbye to clients) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        kill(&mut self.child).await;
+    }
+
+    /// Stops the server if running and starts it again on the same ports, retrying the
+    /// bind for up to 10 s.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await;
+        let deadline = Instant::now() + REBIND_TIMEOUT;
+        loop {
+            match launch_nats(self.dir.path(), self.port, self.monitor_port).await {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e.context("restart nats-server")),
+                Err(_) => sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Subjects of every client subscription on the server (`/connz?subs=1`), including
+    /// clients' request inboxes.
+    pub async fn subscriptions(&self) -> anyhow::Result<Vec<String>> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        let body: serde_json::Value = http
+            .get(format!("{}/connz?subs=1&limit=10000", self.monitor_url))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let conns = body.get("connections").and_then(|c| c.as_array()).cloned().unwrap_or_default();
+        Ok(conns
+            .iter()
+            .filter_map(|c| c.get("subscriptions_list").and_then(|l| l.as_array()))
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect())
+    }
+}
+
+/// A `redis-server` without persistence, on a free port.
+pub struct RedisServer {
+    /// Client URL, `redis://127.0.0.1:PORT`.
+    pub url: String,
+    /// Port (kept across restarts).
+    pub port: u16,
+    /// Holds the log file and working directory; deleted on drop.
+    dir: tempfile::TempDir,
+    /// The running process; `None` while stopped.
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server and waits (≤ 10 s) until it answers `PING`.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("redis-").tempdir()?;
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            let [port] = free_ports::<1>()?;
+            match launch_redis(dir.path(), port).await {
+                Ok(child) => {
+                    return Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), port, dir, child: Some(child) });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    /// Where the server writes its log.
+    pub fn log_path(&self) -> PathBuf {
+        redis_log(self.dir.path())
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit. Its data is gone.
+    pub async fn stop(&mut self) {
+        kill(&mut self.child).await;
+    }
+
+    /// Stops the server if running and starts an empty one on the same port, retrying the
+    /// bind for up to 10 s.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await;
+        let deadline = Instant::now() + REBIND_TIMEOUT;
+        loop {
+            match launch_redis(self.dir.path(), self.port).await {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e.context("restart redis-server")),
+                Err(_) => sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// Whether a Redis on `port` answers `PING` with `+PONG`.
+async fn pong(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// The NATS log inside a server's directory.
+fn nats_log(dir: &Path) -> PathBuf {
+    dir.join("nats.log")
+}
+
+/// The Redis log inside a server's directory.
+fn redis_log(dir: &Path) -> PathBuf {
+    dir.join("redis.log")
+}
+
+/// Spawns `nats-server` on the given ports and waits until both accept connections.
+async fn launch_nats(dir: &Path, port: u16, monitor_port: u16) -> anyhow::Result<Child> {
+    // A unique name lets the readiness probe tell our server from a stranger that took
+    // one of the ports between our probe and its bind.
+    let name = format!("test-{}-{port}-{monitor_port}", std::process::id());
+    let mut cmd = Command::new("nats-server");
+    cmd.args(["-js", "-a", "127.0.0.1", "-n", &name, "-p"])
+        .arg(port.to_string())
+        .arg("-m")
+        .arg(monitor_port.to_string())
+        .arg("-sd")
+        .arg(dir.join("js"));
+    let log = nats_log(dir);
+    let varz = format!("http://127.0.0.1:{monitor_port}/varz");
+    let ready = || {
+        let (varz, name) = (varz.clone(), name.clone());
+        async move { accepts(port).await && server_name(&varz).await.is_some_and(|n| n == name) }
+    };
+    launch(cmd, &log, ready).await.with_context(|| format!("nats-server on port {port}"))
+}
+
+/// Spawns `redis-server` on `port` and waits until it answers `PING`.
+async fn launch_redis(dir: &Path, port: u16) -> anyhow::Result<Child> {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .arg("--dir")
+        .arg(dir);
+    launch(cmd, &redis_log(dir), || pong(port)).await.with_context(|| format!("redis-server on port {port}"))
+}
+
+/// Spawns `cmd` and waits (≤ [`READY_TIMEOUT`]) until `ready`; on failure the child is
+/// killed and the error carries the log's tail.
+async fn launch<F, Fut>(cmd: Command, log: &Path, ready: F) -> anyhow::Result<Child>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut child = spawn(cmd, log)?;
+    match wait_ready(&mut child, READY_TIMEOUT, ready).await {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            kill(&mut Some(child)).await;
+            Err(e.context(format!("log:\n{}", log_tail(log))))
+        }
+    }
+}
+
+/// The `server_name` a NATS monitor reports.
+async fn server_name(varz: &str) -> Option<String> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok()?;
+    let body: serde_json::Value = http.get(varz).send().await.ok()?.json().await.ok()?;
+    body.get("server_name")?.as_str().map(String::from)
+}

@@ -1,0 +1,325 @@
+//! Redis presence and API keys against a real `redis-server`: three `RedisPresence`
+//! instances with different node ids on one Redis stand for three nodes.
+//!
+//! Every test starts its own Redis on a free port, so the tests run in parallel; every
+//! wait is bounded.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use gateway::{
+    auth::{KeyStore, hash_key},
+    config::Config,
+    keys::{KeyError, RedisKeyStore},
+    presence::{Admission, ChannelStats, ConnRef, Expired, NodeReport, Presence, PresenceError, redis::RedisPresence},
+};
+use gateway_protocol::{Channel, Principal, PrincipalKind};
+use gateway_tests::servers::RedisServer;
+
+/// Bound on any single step that should be quick.
+const STEP: Duration = Duration::from_secs(5);
+
+/// Runs `fut`, failing the test when it takes longer than `limit`.
+async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, fut).await.with_context(|| format!("{what}: no answer within {limit:?}"))
+}
+
+fn config(url: &str, node: &str, lease_ms: u64) -> Config {
+    let mut cfg = Config { redis_url: url.into(), node_id: node.into(), ..Config::default() };
+    cfg.presence.lease_ms = lease_ms;
+    cfg
+}
+
+/// Three nodes `n0`, `n1`, `n2` on one Redis.
+async fn three_nodes(url: &str, lease_ms: u64) -> anyhow::Result<Vec<Arc<RedisPresence>>> {
+    let mut out = Vec::new();
+    for i in 0..3 {
+        let p = within(STEP, "connect", RedisPresence::connect(&config(url, &format!("n{i}"), lease_ms))).await??;
+        out.push(Arc::new(p));
+    }
+    Ok(out)
+}
+
+fn agent(id: &str) -> Principal {
+    Principal { kind: PrincipalKind::Agent, id: id.into() }
+}
+
+fn user(id: &str) -> Principal {
+    Principal { kind: PrincipalKind::User, id: id.into() }
+}
+
+fn ch(name: &str) -> Channel {
+    Channel::parse(name).expect("valid channel")
+}
+
+fn conn<'a>(node: &'a str, conn: &'a str, principal: &'a Principal) -> ConnRef<'a> {
+    ConnRef { node, conn, principal }
+}
+
+fn report(node: &str) -> NodeReport {
+    NodeReport { node: node.into(), status: "running".into(), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admission_race_admits_exactly_the_limit() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let nodes = three_nodes(&redis.url, 30_000).await?;
+    for round in 0..5 {
+        let who = agent(&format!("racer{round}"));
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (node, who) = (Arc::clone(&nodes[i % 3]), who.clone());
+            tasks.push(tokio::spawn(async move {
+                let id = format!("n{}", i % 3);
+                node.admit(&conn(&id, &format!("c{i}"), &who), 5).await
+            }));
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            if within(STEP, "admit", t).await??? == Admission::Admitted {
+                admitted += 1;
+            }
+        }
+        ensure!(admitted == 5, "round {round}: {admitted} of 6 admitted with limit 5");
+    }
+    // A release frees exactly one slot, on any node.
+    let who = agent("racer0");
+    for i in 0..6 {
+        nodes[i % 3].release(&conn(&format!("n{}", i % 3), &format!("c{i}"), &who)).await?;
+    }
+    let fill = |i: usize| format!("f{i}");
+    for i in 0..5 {
+        let c = fill(i);
+        ensure!(nodes[i % 3].admit(&conn("n0", &c, &who), 5).await? == Admission::Admitted);
+    }
+    ensure!(nodes[1].admit(&conn("n1", "extra", &who), 5).await? == Admission::Full { limit: 5 });
+    nodes[2].release(&conn("n0", "f3", &who)).await?;
+    ensure!(nodes[1].admit(&conn("n1", "extra", &who), 5).await? == Admission::Admitted);
+    ensure!(nodes[0].admit(&conn("n0", "extra2", &who), 5).await? == Admission::Full { limit: 5 });
+    Ok(())
+}
+
+#[tokio::test]
+async fn join_leave_first_last_across_nodes() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let nodes = three_nodes(&redis.url, 30_000).await?;
+    let (a, u, s) = (agent("a1"), user("u/1"), ch("session:s1"));
+    ensure!(nodes[0].join(&s, &conn("n0", "c1", &a)).await?, "first connection of a1 is first");
+    ensure!(!nodes[1].join(&s, &conn("n1", "c2", &a)).await?, "second connection of a1 is not first");
+    ensure!(!nodes[1].join(&s, &conn("n1", "c2", &a)).await?, "a repeated join changes nothing");
+    ensure!(nodes[2].join(&s, &conn("n2", "c3", &u)).await?, "first connection of u/1 is first");
+    let want = vec![u.clone(), a.clone()];
+    for n in &nodes {
+        ensure!(n.members(&s).await? == want, "members differ between nodes");
+        ensure!(n.stats(&s).await? == ChannelStats { connections: 3, users: 1, agents: 1 });
+    }
+    ensure!(!nodes[2].leave(&s, &conn("n0", "c1", &a)).await?, "a1 still has c2");
+    ensure!(nodes[0].leave(&s, &conn("n1", "c2", &a)).await?, "c2 was a1's last");
+    ensure!(!nodes[1].leave(&s, &conn("n1", "c2", &a)).await?, "a repeated leave is not last again");
+    ensure!(!nodes[1].leave(&s, &conn("n1", "nope", &u)).await?, "leaving without joining is not last");
+    for n in &nodes {
+        ensure!(n.members(&s).await? == vec![u.clone()]);
+    }
+    ensure!(nodes[2].leave(&s, &conn("n2", "c3", &u)).await?);
+    ensure!(nodes[0].members(&s).await?.is_empty());
+    ensure!(nodes[0].stats(&s).await? == ChannelStats::default());
+    // Rejoining after the last leave is first again.
+    ensure!(nodes[1].join(&s, &conn("n1", "c4", &a)).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_entries_are_invisible_before_they_are_reaped() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let nodes = three_nodes(&redis.url, 300).await?;
+    let (a, s) = (agent("ghost"), ch("project:p1"));
+    nodes[0].join(&s, &conn("n0", "c1", &a)).await?;
+    ensure!(nodes[1].members(&s).await? == vec![a.clone()]);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    ensure!(nodes[1].members(&s).await?.is_empty(), "an expired entry is still listed");
+    ensure!(nodes[2].stats(&s).await? == ChannelStats::default());
+    let gone = nodes[1].maintain(&report("n1")).await?;
+    ensure!(gone == vec![Expired { channel: s, member: a }], "reaped {gone:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_node_leaves_are_reported_exactly_once() -> anyhow::Result<()> {
+    const LEASE_MS: u64 = 500;
+    let redis = RedisServer::start().await?;
+    let nodes = three_nodes(&redis.url, LEASE_MS).await?;
+    let (b, c) = (Arc::clone(&nodes[1]), Arc::clone(&nodes[2]));
+    let (agent_a, user_u, shared) = (agent("a1"), user("u1"), user("shared"));
+    let (s1, s2) = (ch("session:s1"), ch("session:s2"));
+    // Node n0 registers and joins, then dies (never maintains again).
+    let dead = Arc::clone(&nodes[0]);
+    dead.maintain(&report("n0")).await?;
+    dead.join(&s1, &conn("n0", "c1", &agent_a)).await?;
+    dead.join(&s1, &conn("n0", "c2", &agent_a)).await?;
+    dead.join(&s1, &conn("n0", "c3", &user_u)).await?;
+    dead.join(&s2, &conn("n0", "c3", &user_u)).await?;
+    dead.join(&s2, &conn("n0", "c4", &shared)).await?;
+    // `shared` is also in s2 through live node n1: its presence survives n0.
+    b.join(&s2, &conn("n1", "c9", &shared)).await?;
+    let died = Instant::now();
+    drop(nodes);
+    dead.close().await;
+    drop(dead);
+
+    let want: HashSet<(String, Principal)> =
+        [("session:s1", &agent_a), ("session:s1", &user_u), ("session:s2", &user_u)]
+            .into_iter()
+            .map(|(c, p)| (c.to_owned(), p.clone()))
+            .collect();
+    // n1 and n2 maintain concurrently, as their ticks would; every leave must come out of
+    // exactly one of them.
+    let (mut from_b, mut from_c) = (Vec::new(), Vec::new());
+    let mut detected = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (rep_b, rep_c) = (report("n1"), report("n2"));
+    while from_b.len() + from_c.len() < want.len() {
+        if Instant::now() > deadline {
+            bail!("leaves not detected within 10 s: n1 {from_b:?}, n2 {from_c:?}");
+        }
+        let (rb, rc) = tokio::join!(b.maintain(&rep_b), c.maintain(&rep_c));
+        let (rb, rc) = (rb?, rc?);
+        if detected.is_none() && !(rb.is_empty() && rc.is_empty()) {
+            detected = Some(died.elapsed());
+        }
+        from_b.extend(rb);
+        from_c.extend(rc);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all: Vec<(String, Principal)> =
+        from_b.iter().chain(&from_c).map(|e| (e.channel.as_str().to_owned(), e.member.clone())).collect();
+    ensure!(all.len() == want.len(), "duplicate or extra leaves: {all:?}");
+    ensure!(all.iter().cloned().collect::<HashSet<_>>() == want, "wrong leaves: {all:?}");
+    let detected = detected.context("no detection time")?;
+    eprintln!(
+        "lease {LEASE_MS} ms: leaves detected {} ms after the dead node's last write (n1 reported {}, n2 {})",
+        detected.as_millis(),
+        from_b.len(),
+        from_c.len()
+    );
+    ensure!(detected >= Duration::from_millis(LEASE_MS), "reaped before the lease ran out");
+    // Nothing is reported twice afterwards, and the live node's entry survived.
+    for _ in 0..3 {
+        ensure!(b.maintain(&report("n1")).await?.is_empty());
+        ensure!(c.maintain(&report("n2")).await?.is_empty());
+    }
+    ensure!(c.members(&s2).await? == vec![shared.clone()]);
+    ensure!(b.members(&s1).await?.is_empty());
+    let live: Vec<String> = c.nodes().await?.into_iter().map(|n| n.node).collect();
+    ensure!(live == ["n1", "n2"], "live nodes {live:?}");
+    c.deregister("n2").await?;
+    let live: Vec<String> = b.nodes().await?.into_iter().map(|n| n.node).collect();
+    ensure!(live == ["n1"], "after deregister {live:?}");
+    Ok(())
+}
+
+/// Polls `health()` until it reports `status`, bounded.
+async fn wait_health(p: &RedisPresence, status: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while p.health().status != status {
+        if start.elapsed() > limit {
+            bail!("health not {status} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(start.elapsed())
+}
+
+#[tokio::test]
+async fn redis_restart_fails_fast_then_leases_are_reestablished() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let nodes = three_nodes(&redis.url, 5_000).await?;
+    let (n0, n1) = (&nodes[0], &nodes[1]);
+    let (a, s) = (agent("a1"), ch("session:s1"));
+    ensure!(n0.admit(&conn("n0", "c1", &a), 1).await? == Admission::Admitted);
+    ensure!(n0.join(&s, &conn("n0", "c1", &a)).await?);
+    n0.maintain(&report("n0")).await?;
+    ensure!(n0.health().status == "connected");
+
+    redis.stop().await;
+    let down = wait_health(n0, "disconnected", Duration::from_secs(3)).await?;
+    eprintln!("redis down: health disconnected after {} ms", down.as_millis());
+    let t = Instant::now();
+    let res = within(STEP, "members while down", n1.members(&s)).await?;
+    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "members while down: {res:?}");
+    let res = within(STEP, "join while down", n1.join(&s, &conn("n1", "c2", &a))).await?;
+    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "join while down: {res:?}");
+    let res = within(STEP, "admit while down", n1.admit(&conn("n1", "c2", &a), 1)).await?;
+    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "admit while down: {res:?}");
+    let res = within(STEP, "maintain while down", n0.maintain(&report("n0"))).await?;
+    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "maintain while down: {res:?}");
+    let failing = t.elapsed();
+    eprintln!("redis down: 4 operations failed in {} ms", failing.as_millis());
+    ensure!(failing < Duration::from_secs(4), "failures were not quick: {failing:?}");
+
+    redis.restart().await?;
+    let up = wait_health(n0, "connected", Duration::from_secs(10)).await?;
+    wait_health(n1, "connected", Duration::from_secs(10)).await?;
+    eprintln!("redis back: health connected after {} ms", up.as_millis());
+    ensure!(n1.members(&s).await?.is_empty(), "the restarted redis should be empty");
+    // n0's next tick restores its entry, its count and its connection lease.
+    ensure!(n0.maintain(&report("n0")).await?.is_empty());
+    ensure!(n1.members(&s).await? == vec![a.clone()], "membership not re-established");
+    ensure!(!n1.join(&s, &conn("n1", "c2", &a)).await?, "the restored entry should count for first/last");
+    ensure!(n1.admit(&conn("n1", "c2", &a), 1).await? == Admission::Full { limit: 1 });
+    let live: Vec<String> = n1.nodes().await?.into_iter().map(|n| n.node).collect();
+    ensure!(live == ["n0"], "registry not re-established: {live:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn connect_to_nothing_fails_fast() -> anyhow::Result<()> {
+    let port = gateway_tests::servers::free_port();
+    let t = Instant::now();
+    let res = within(
+        Duration::from_secs(10),
+        "connect",
+        RedisPresence::connect(&config(&format!("redis://127.0.0.1:{port}"), "n0", 30_000)),
+    )
+    .await?;
+    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "connected to nothing");
+    ensure!(t.elapsed() < Duration::from_secs(5), "connect took {:?}", t.elapsed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_keys_create_lookup_revoke() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let store = within(STEP, "connect", RedisKeyStore::connect(&config(&redis.url, "n0", 30_000))).await??;
+    let key = store.create("agent-1", &["p1".into(), "*".into()], &["tasks.write".into()]).await?;
+    ensure!(key.starts_with("gwk_") && key.len() > 40, "key {key}");
+    let hash = hash_key(&key);
+    let rec = store.lookup(&hash).await?.context("created key not found")?;
+    ensure!(rec.agent_id == "agent-1" && !rec.revoked);
+    ensure!(rec.projects == ["p1", "*"] && rec.scopes == ["tasks.write"]);
+    ensure!(store.list("agent-1").await? == vec![hash.clone()]);
+    // Keys are stored by hash only.
+    ensure!(store.lookup(&hash_key(&hash)).await?.is_none());
+    ensure!(store.lookup(&hash_key("gwk_unknown")).await?.is_none());
+
+    ensure!(store.revoke(&key).await? == Some("agent-1".into()));
+    ensure!(store.lookup(&hash).await?.context("revoked key vanished")?.revoked);
+    ensure!(store.revoke(&hash).await? == Some("agent-1".into()), "revoke by hash");
+    ensure!(store.revoke("gwk_never-issued").await?.is_none());
+    ensure!(matches!(store.create("bad id", &[], &[]).await, Err(KeyError::Invalid(_))));
+
+    // A second store sharing a presence connection sees the same keys.
+    let presence = RedisPresence::connect(&config(&redis.url, "n1", 30_000)).await?;
+    let shared = RedisKeyStore::new(presence.client().clone(), "gw:");
+    let other = shared.create("agent-2", &[], &[]).await?;
+    ensure!(store.lookup(&hash_key(&other)).await?.is_some_and(|k| k.agent_id == "agent-2" && k.projects.is_empty()));
+
+    redis.stop().await;
+    let res = within(STEP, "lookup while down", store.lookup(&hash)).await?;
+    ensure!(res.is_err(), "lookup while down: {res:?}");
+    Ok(())
+}
