@@ -367,7 +367,23 @@ impl Config {
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
         }
-        Self::from_figment(fig.merge(Env::prefixed("GATEWAY_").split("__")))
+        // Only keys the configuration knows: an orchestrator sets unrelated GATEWAY_*
+        // variables (Kubernetes service links, GATEWAY_CONFIG for --config), which must
+        // not stop the node. Typos inside a known section are still refused.
+        let known = Self::top_level_keys();
+        let env = Env::prefixed("GATEWAY_").split("__").filter(move |k| {
+            let top = k.as_str().split('.').next().unwrap_or_default().to_ascii_lowercase();
+            known.contains(&top)
+        });
+        Self::from_figment(fig.merge(env))
+    }
+
+    /// The names of the top-level keys.
+    pub fn top_level_keys() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Extracts and validates a configuration from any figment (tests build their own).
@@ -507,6 +523,8 @@ mod tests {
             jail.create_file("gateway.toml", "listen = \"127.0.0.1:9000\"\n[limits]\nper_agent = 3\n")?;
             jail.set_env("GATEWAY_LIMITS__PER_AGENT", "7");
             jail.set_env("GATEWAY_JWT_SECRET", "12345");
+            jail.set_env("GATEWAY_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("GATEWAY_CONFIG", "gateway.toml");
             let c = Config::load(Some(std::path::Path::new("gateway.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.limits.per_agent, 7);

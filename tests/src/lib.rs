@@ -1,2 +1,5 @@
-//! Integration-test harness.
+//! Integration-test harness: real NATS and Redis servers on free ports, gateway nodes in
+//! process or as child processes, tokens and helpers. Every wait is bounded.
+
+pub mod node;
 pub mod servers;

@@ -249,10 +249,16 @@ async fn redis_restart_fails_fast_then_leases_are_reestablished() -> anyhow::Res
     let down = wait_health(n0, "disconnected", Duration::from_secs(3)).await?;
     eprintln!("redis down: health disconnected after {} ms", down.as_millis());
     let t = Instant::now();
+    eprintln!("DEBUG state n1 {:?}", fred::prelude::ClientLike::state(n1.client()));
     let res = within(STEP, "members while down", n1.members(&s)).await?;
+    eprintln!("DEBUG members {:?} {:?}", t.elapsed(), res);
     ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "members while down: {res:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!("DEBUG state n1 {:?}", fred::prelude::ClientLike::state(n1.client()));
+    let t2 = Instant::now();
     let res = within(STEP, "join while down", n1.join(&s, &conn("n1", "c2", &a))).await?;
     ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "join while down: {res:?}");
+    eprintln!("DEBUG join {:?} {:?}", t2.elapsed(), res);
     let res = within(STEP, "admit while down", n1.admit(&conn("n1", "c2", &a), 1)).await?;
     ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "admit while down: {res:?}");
     let res = within(STEP, "maintain while down", n0.maintain(&report("n0"))).await?;

@@ -1,0 +1,269 @@
+//! Gateway nodes for tests: in-process (`gateway::run` on a port-0 listener, stopped by
+//! a signal the test owns) or as a child process of the real binary (for `kill -9` and
+//! SIGTERM drains). Every wait is bounded.
+
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, sync::atomic::AtomicU32, time::Duration};
+
+use anyhow::{Context, bail};
+use gateway::{
+    Config,
+    auth::{TokenSpec, mint_channel_token, mint_user_token},
+};
+use gateway_client::{Client, ClientError, Connect};
+use serde_json::Value;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// The HS256 secret every test node uses.
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+/// The admin key every test node uses.
+pub const ADMIN_KEY: &str = "test-admin-key";
+/// Static agent keys: agent `a1` … `a3`.
+pub const AGENT_KEYS: [(&str, &str); 3] = [("a1", "key-agent-1"), ("a2", "key-agent-2"), ("a3", "key-agent-3")];
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+/// A configuration for tests: known secrets, loopback, short drain, fresh node id.
+pub fn test_config() -> Config {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut cfg = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        node_id: format!("t{}-{n}", std::process::id()),
+        jwt_secret: SECRET.into(),
+        admin_key: ADMIN_KEY.into(),
+        api_keys: AGENT_KEYS.iter().map(|(a, k)| format!("{a}:{k}")).collect(),
+        ..Config::default()
+    };
+    cfg.drain.delay_ms = 0;
+    cfg.drain.period_ms = 200;
+    cfg.drain.deadline_ms = 5_000;
+    cfg.limits.per_ip = 100_000;
+    cfg
+}
+
+/// A user token signed with [`SECRET`].
+pub fn user_token(sub: &str, projects: &[&str], roles: &[&str], ttl: Duration) -> String {
+    let spec = TokenSpec {
+        sub: sub.into(),
+        projects: projects.iter().map(|s| s.to_string()).collect(),
+        roles: roles.iter().map(|s| s.to_string()).collect(),
+        ttl,
+        ..TokenSpec::default()
+    };
+    mint_user_token(SECRET, &spec).unwrap_or_default()
+}
+
+/// A channel token for `channel`, for user `sub`.
+pub fn channel_token(channel: &str, sub: &str) -> String {
+    mint_channel_token(SECRET, channel, Some(sub), Duration::from_secs(300)).unwrap_or_default()
+}
+
+/// A running in-process node.
+pub struct TestNode {
+    /// Its listen address.
+    pub addr: SocketAddr,
+    /// Its configuration (node id, limits).
+    pub cfg: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), gateway::server::ServerError>>>,
+}
+
+impl TestNode {
+    /// Starts a node with `cfg` on a free port and waits until `/health` answers.
+    pub async fn start(mut cfg: Config) -> anyhow::Result<TestNode> {
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        cfg.listen = addr;
+        let (tx, rx) = oneshot::channel::<()>();
+        let run_cfg = cfg.clone();
+        let task = tokio::spawn(gateway::run(listener, run_cfg, async move {
+            let _ = rx.await;
+        }));
+        let node = TestNode { addr, cfg, stop: Some(tx), task: Some(task) };
+        wait_http(&node.http("/health"), Duration::from_secs(10)).await?;
+        Ok(node)
+    }
+
+    /// An embedded (NATS-less, Redis-less) node with the test configuration.
+    pub async fn embedded() -> anyhow::Result<TestNode> {
+        Self::start(test_config()).await
+    }
+
+    /// `http://addr{path}`.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `ws://addr/ws{query}`.
+    pub fn ws(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    /// Connects a user with a bearer JWT.
+    pub async fn user(&self, sub: &str, projects: &[&str]) -> Result<Client, ClientError> {
+        let t = user_token(sub, projects, &[], Duration::from_secs(300));
+        Client::connect(Connect::new(self.ws("")).bearer(&t)).await
+    }
+
+    /// `GET /health` as JSON.
+    pub async fn health(&self) -> anyhow::Result<Value> {
+        Ok(reqwest::get(self.http("/health")).await?.json().await?)
+    }
+
+    /// `POST /api/publish` with the admin key; returns (status, body).
+    pub async fn publish(&self, channel: &str, event: &str, data: Value) -> anyhow::Result<(u16, Value)> {
+        post(&self.http("/api/publish"), serde_json::json!({"channel": channel, "event": event, "data": data})).await
+    }
+
+    /// Signals shutdown and waits (bounded) for the drain to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task).await.context("node did not stop")???;
+        }
+        Ok(())
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// POSTs JSON with the admin key; returns (status, JSON body or null).
+pub async fn post(url: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+    let r = reqwest::Client::new().post(url).bearer_auth(ADMIN_KEY).json(&body).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// Polls `url` until it answers (any status), bounded.
+pub async fn wait_http(url: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if reqwest::get(url).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{url} did not answer within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, bounded.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(t) = check().await {
+            return Ok(t);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("condition not met within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The `gateway` binary next to the test executable (`target/<profile>/gateway`).
+pub fn gateway_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|d| d.parent()).context("no target dir")?;
+    let bin = dir.join("gateway");
+    if !bin.exists() {
+        bail!("{} not built (cargo build -p gateway)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A node running as a child process of the real binary.
+pub struct ProcessNode {
+    /// Its listen address.
+    pub addr: SocketAddr,
+    /// Its node id.
+    pub node_id: String,
+    child: tokio::process::Child,
+}
+
+impl ProcessNode {
+    /// Starts `gateway serve` with the test secrets, `env` on top, and waits for `/health`.
+    pub async fn start(env: &[(&str, String)]) -> anyhow::Result<ProcessNode> {
+        let port = crate::servers::free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let node_id = format!("p{}-{n}", std::process::id());
+        let mut cmd = tokio::process::Command::new(gateway_bin()?);
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("GATEWAY_LISTEN", addr.to_string())
+            .env("GATEWAY_NODE_ID", &node_id)
+            .env("GATEWAY_JWT_SECRET", SECRET)
+            .env("GATEWAY_ADMIN_KEY", ADMIN_KEY)
+            .env("GATEWAY_API_KEYS", AGENT_KEYS.iter().map(|(a, k)| format!("{a}:{k}")).collect::<Vec<_>>().join(","))
+            .env("GATEWAY_LIMITS__PER_IP", "100000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("spawn gateway")?;
+        let node = ProcessNode { addr, node_id, child };
+        wait_http(&format!("http://{addr}/health"), Duration::from_secs(15)).await?;
+        Ok(node)
+    }
+
+    /// `http://addr{path}`.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `ws://addr/ws{query}`.
+    pub fn ws(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGKILL: the node dies without cleaning up.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM: the node drains.
+    pub fn sigterm(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub async fn wait(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+        let status = tokio::time::timeout(limit, self.child.wait()).await.context("node did not exit")??;
+        Ok(status.code())
+    }
+}
