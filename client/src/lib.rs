@@ -70,12 +70,21 @@ pub struct Connect {
     pub subprotocol: bool,
     /// Extra headers, e.g. `Authorization`, `X-API-Key`, `Origin`.
     pub headers: Vec<(String, String)>,
+    /// A fixed socket receive buffer (bytes), which also turns off the kernel's
+    /// autotuning; small values make a client that stops reading back up quickly.
+    pub recv_buffer: Option<u32>,
 }
 
 impl Connect {
     /// Connect to `url` with JSON and no extra headers.
     pub fn new(url: impl Into<String>) -> Self {
-        Connect { url: url.into(), encoding: Encoding::Json, subprotocol: false, headers: Vec::new() }
+        Connect {
+            url: url.into(),
+            encoding: Encoding::Json,
+            subprotocol: false,
+            headers: Vec::new(),
+            recv_buffer: None,
+        }
     }
 
     /// Adds a header.
@@ -93,6 +102,19 @@ impl Connect {
     pub fn encoding(mut self, e: Encoding) -> Self {
         self.encoding = e;
         self.subprotocol = true;
+        self
+    }
+
+    /// Decodes frames as `encoding` without asking for it (the URL's `?format=` does).
+    pub fn format(mut self, e: Encoding) -> Self {
+        self.encoding = e;
+        self.subprotocol = false;
+        self
+    }
+
+    /// Fixes the socket receive buffer (see [`Connect::recv_buffer`]).
+    pub fn recv_buffer(mut self, bytes: u32) -> Self {
+        self.recv_buffer = Some(bytes);
         self
     }
 }
@@ -116,7 +138,14 @@ impl Client {
             req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(c.encoding.subprotocol()));
         }
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-        match tokio_tungstenite::connect_async_with_config(req, Some(config), true).await {
+        let connected = match c.recv_buffer {
+            None => tokio_tungstenite::connect_async_with_config(req, Some(config), true).await,
+            Some(size) => {
+                let stream = plain_stream(&req, size).await?;
+                tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(stream), Some(config)).await
+            }
+        };
+        match connected {
             Ok((ws, _)) => Ok(Client { ws, encoding: c.encoding }),
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
@@ -154,6 +183,22 @@ impl Client {
     pub async fn send_raw(&mut self, msg: Message) -> Result<(), ClientError> {
         self.ws.send(msg).await?;
         Ok(())
+    }
+
+    /// Receives the next data or close message as is (pings are answered and skipped),
+    /// bounded by `d`; for checking the message kind (text or binary) of an encoding.
+    pub async fn recv_message(&mut self, d: Duration) -> Result<Message, ClientError> {
+        let next = async {
+            loop {
+                match self.ws.next().await {
+                    None => return Err(ClientError::Ws(tungstenite::Error::ConnectionClosed)),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(m)) => return Ok(m),
+                }
+            }
+        };
+        tokio::time::timeout(d, next).await.map_err(|_| ClientError::Timeout(d))?
     }
 
     /// Receives the next frame or close (pings are answered and skipped).
@@ -226,6 +271,30 @@ impl Client {
         self.ws.close(None).await?;
         Ok(())
     }
+}
+
+/// A plain TCP connection to the request's host with a fixed receive buffer.
+async fn plain_stream(
+    req: &tungstenite::handshake::client::Request,
+    recv_buffer: u32,
+) -> Result<TcpStream, ClientError> {
+    let uri = req.uri();
+    if uri.scheme_str() != Some("ws") {
+        return Err(ClientError::Request("recv_buffer needs a ws:// URL".into()));
+    }
+    let host = uri.host().ok_or_else(|| ClientError::Request("URL has no host".into()))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| ClientError::Ws(e.into()))?
+        .next()
+        .ok_or_else(|| ClientError::Request(format!("{host} does not resolve")))?;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(|e| ClientError::Ws(e.into()))?;
+    socket.set_recv_buffer_size(recv_buffer).map_err(|e| ClientError::Ws(e.into()))?;
+    let stream = socket.connect(addr).await.map_err(|e| ClientError::Ws(e.into()))?;
+    stream.set_nodelay(true).map_err(|e| ClientError::Ws(e.into()))?;
+    Ok(stream)
 }
 
 fn rmp_serde_bytes(frame: &ClientFrame) -> Result<Vec<u8>, String> {

@@ -518,6 +518,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
     fn env_overrides_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gateway.toml", "listen = \"127.0.0.1:9000\"\n[limits]\nper_agent = 3\n")?;

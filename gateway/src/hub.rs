@@ -10,7 +10,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher, RandomState},
+    hash::{BuildHasher, RandomState},
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
@@ -80,9 +80,7 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 impl Hub {
     fn shard(&self, ch: &Channel) -> &RwLock<HashMap<Channel, Subscribers>> {
-        let mut h = self.hasher.build_hasher();
-        ch.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(ch) as usize % SHARDS]
     }
 
     /// Adds a connection.

@@ -10,14 +10,14 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use base64::Engine;
-use fred::prelude::{Client, ClientLike, Error as RedisError, HashesInterface, LuaInterface, Options, SetsInterface};
+use fred::prelude::{Client, ClientLike, Error as RedisError, HashesInterface, Options, SetsInterface};
 use gateway_protocol::{channel::valid_id, now_ms};
 use rand::Rng;
 
 use crate::{
     auth::{AgentKey, KeyStore, KeyStoreError, hash_key},
     config::Config,
-    presence::redis::{command_options, open_client},
+    presence::redis::{command_options, eval, open_client},
 };
 
 /// Prefix of every generated key, so leaked keys are recognisable by secret scanners.
@@ -102,7 +102,7 @@ impl RedisKeyStore {
         let hash = hash_key(&key);
         let keys = vec![self.key_key(&hash), self.agent_key(agent_id)];
         let args = vec![agent_id.to_owned(), json(projects)?, json(scopes)?, now_ms().to_string(), hash];
-        let created: i64 = self.client.with_options(&self.opts).eval(CREATE, keys, args).await?;
+        let created: i64 = eval(&self.client, &self.opts, CREATE, None, keys, args).await?;
         if created != 1 {
             return Err(KeyError::Corrupt("key hash already exists".into()));
         }
@@ -116,7 +116,7 @@ impl RedisKeyStore {
         let is_hash = key_or_hash.len() == 64 && key_or_hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         let hash = if is_hash { key_or_hash.to_owned() } else { hash_key(key_or_hash) };
         let agent: Option<String> =
-            self.client.with_options(&self.opts).eval(REVOKE, vec![self.key_key(&hash)], Vec::<String>::new()).await?;
+            eval(&self.client, &self.opts, REVOKE, None, vec![self.key_key(&hash)], vec![]).await?;
         Ok(agent)
     }
 

@@ -223,3 +223,19 @@ impl Inbound for NodeInbound {
 
 /// How long to wait for presence when answering health checks.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// Waits (bounded, on paused or real time) until `ch` has a local subscriber.
+    pub async fn wait_subscribed(node: &Node, ch: &Channel) {
+        for _ in 0..1000 {
+            if node.hub.has_subscribers(ch) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{ch} never subscribed");
+    }
+}

@@ -45,7 +45,7 @@ pub enum ServerError {
 const DRAIN_STEP: Duration = Duration::from_millis(100);
 
 /// Builds the node's services: the embedded twins, or NATS and Redis when configured.
-async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -> Result<Arc<Node>, ServerError> {
+pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -> Result<Arc<Node>, ServerError> {
     let hub = Arc::new(Hub::default());
     if !cfg.clustered() {
         let auth = Arc::new(Authenticator::new(&cfg, None).map_err(ServerError::Auth)?);

@@ -9,7 +9,7 @@ use serde_json::json;
 
 fn event() -> ServerFrame {
     ServerFrame::Event(EventFrame {
-        channel: Channel::parse("session:abc").unwrap(),
+        channel: Channel::parse("session:abc").expect("valid"),
         event: "message.created".into(),
         data: json!({"text":"hi"}),
         id: "m1".into(),

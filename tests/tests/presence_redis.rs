@@ -164,6 +164,11 @@ async fn dead_node_leaves_are_reported_exactly_once() -> anyhow::Result<()> {
     dead.join(&s1, &conn("n0", "c3", &user_u)).await?;
     dead.join(&s2, &conn("n0", "c3", &user_u)).await?;
     dead.join(&s2, &conn("n0", "c4", &shared)).await?;
+    // Many channels, so both reapers work on the due set at the same time.
+    let many: Vec<Channel> = (0..150).map(|i| ch(&format!("project:p{i}"))).collect();
+    for c in &many {
+        dead.join(c, &conn("n0", "c1", &agent_a)).await?;
+    }
     // `shared` is also in s2 through live node n1: its presence survives n0.
     b.join(&s2, &conn("n1", "c9", &shared)).await?;
     let died = Instant::now();
@@ -171,11 +176,12 @@ async fn dead_node_leaves_are_reported_exactly_once() -> anyhow::Result<()> {
     dead.close().await;
     drop(dead);
 
-    let want: HashSet<(String, Principal)> =
+    let mut want: HashSet<(String, Principal)> =
         [("session:s1", &agent_a), ("session:s1", &user_u), ("session:s2", &user_u)]
             .into_iter()
             .map(|(c, p)| (c.to_owned(), p.clone()))
             .collect();
+    want.extend(many.iter().map(|c| (c.as_str().to_owned(), agent_a.clone())));
     // n1 and n2 maintain concurrently, as their ticks would; every leave must come out of
     // exactly one of them.
     let (mut from_b, mut from_c) = (Vec::new(), Vec::new());
@@ -248,24 +254,23 @@ async fn redis_restart_fails_fast_then_leases_are_reestablished() -> anyhow::Res
     redis.stop().await;
     let down = wait_health(n0, "disconnected", Duration::from_secs(3)).await?;
     eprintln!("redis down: health disconnected after {} ms", down.as_millis());
-    let t = Instant::now();
-    eprintln!("DEBUG state n1 {:?}", fred::prelude::ClientLike::state(n1.client()));
-    let res = within(STEP, "members while down", n1.members(&s)).await?;
-    eprintln!("DEBUG members {:?} {:?}", t.elapsed(), res);
-    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "members while down: {res:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    eprintln!("DEBUG state n1 {:?}", fred::prelude::ClientLike::state(n1.client()));
-    let t2 = Instant::now();
-    let res = within(STEP, "join while down", n1.join(&s, &conn("n1", "c2", &a))).await?;
-    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "join while down: {res:?}");
-    eprintln!("DEBUG join {:?} {:?}", t2.elapsed(), res);
-    let res = within(STEP, "admit while down", n1.admit(&conn("n1", "c2", &a), 1)).await?;
-    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "admit while down: {res:?}");
-    let res = within(STEP, "maintain while down", n0.maintain(&report("n0"))).await?;
-    ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "maintain while down: {res:?}");
-    let failing = t.elapsed();
-    eprintln!("redis down: 4 operations failed in {} ms", failing.as_millis());
-    ensure!(failing < Duration::from_secs(4), "failures were not quick: {failing:?}");
+    // Each operation fails on its own within the command timeout (1 s), never hangs:
+    // at once once the client knows the server is gone, after the timeout in the moment
+    // before it noticed.
+    let mut slowest = Duration::ZERO;
+    for step in 0..4 {
+        let t = Instant::now();
+        let res = match step {
+            0 => within(STEP, "members while down", n1.members(&s)).await?.map(drop),
+            1 => within(STEP, "join while down", n1.join(&s, &conn("n1", "c2", &a))).await?.map(drop),
+            2 => within(STEP, "admit while down", n1.admit(&conn("n1", "c2", &a), 1)).await?.map(drop),
+            _ => within(STEP, "maintain while down", n0.maintain(&report("n0"))).await?.map(drop),
+        };
+        ensure!(matches!(res, Err(PresenceError::Unavailable(_))), "step {step} while down: {res:?}");
+        slowest = slowest.max(t.elapsed());
+    }
+    eprintln!("redis down: slowest failing operation took {} ms", slowest.as_millis());
+    ensure!(slowest < Duration::from_millis(1_500), "failures were not quick: {slowest:?}");
 
     redis.restart().await?;
     let up = wait_health(n0, "connected", Duration::from_secs(10)).await?;

@@ -30,9 +30,10 @@ use std::{
 use async_trait::async_trait;
 use fred::prelude::{
     Builder, Client, ClientLike, ClientState, Error as RedisError, EventInterface, FromValue, KeysInterface,
-    LuaInterface, Options, ReconnectPolicy, SortedSetsInterface,
+    LuaInterface, Options, ReconnectPolicy, SortedSetsInterface, Value,
 };
 use fred::types::config::{Config as RedisConfig, UnresponsiveConfig};
+use fred::types::{ClusterHash, CustomCommand};
 use gateway_protocol::{Channel, Principal, PrincipalKind};
 use tokio::sync::RwLock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -293,6 +294,32 @@ pub async fn open_client(url: &str) -> Result<Client, String> {
     }
 }
 
+/// Runs a Lua script: `EVALSHA` when `sha` is given, `EVAL` when it is not or the server
+/// forgot the script (restart). Goes through `custom` because fred's `LuaInterface`
+/// ignores per-command [`Options`] (no fail-fast there).
+pub async fn eval<R: FromValue>(
+    client: &Client,
+    opts: &Options,
+    body: &str,
+    sha: Option<&str>,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<R, RedisError> {
+    let c = client.with_options(opts);
+    let mut argv: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    argv.push(Value::from(sha.unwrap_or(body)));
+    argv.push(Value::from(keys.len() as i64));
+    argv.extend(keys.into_iter().chain(args).map(Value::from));
+    if sha.is_some() {
+        let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+        match c.custom(cmd, argv.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => argv[0] = Value::from(body),
+            res => return res,
+        }
+    }
+    c.custom(CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false), argv).await
+}
+
 /// The URL without credentials.
 fn redacted(url: &str) -> String {
     match (url.split_once("://"), url.rsplit_once('@')) {
@@ -402,11 +429,7 @@ impl RedisPresence {
 
     /// Runs a script by hash, resending its body when the server forgot it.
     async fn run<R: FromValue>(&self, s: &Script, keys: Vec<String>, args: Vec<String>) -> Result<R, PresenceError> {
-        let c = self.client.with_options(&self.opts);
-        let res = match c.evalsha(s.sha.as_str(), keys.clone(), args.clone()).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => c.eval(s.body, keys, args).await,
-            res => res,
-        };
+        let res = eval(&self.client, &self.opts, s.body, Some(&s.sha), keys, args).await;
         if res.is_err() {
             self.link.observe(self.client.state());
         }
