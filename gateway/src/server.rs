@@ -54,11 +54,13 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(ms(cfg.presence.lease_ms)));
         return Ok(Arc::new(Node::new(cfg, hub, bus, presence, auth, shutdown.clone(), tasks.clone())));
     }
-    let keys: Arc<dyn KeyStore> =
-        Arc::new(RedisKeyStore::connect(&cfg).await.map_err(|e| ServerError::Auth(e.to_string()))?);
+    let redis = Arc::new(RedisPresence::connect(&cfg).await?);
+    redis.spawn_monitor(tasks, shutdown.stop_token());
+    // One Redis connection serves presence, counts and API keys.
+    let keys: Arc<dyn KeyStore> = Arc::new(RedisKeyStore::new(redis.client().clone(), cfg.redis_prefix.clone()));
     let auth = Arc::new(Authenticator::new(&cfg, Some(keys)).map_err(ServerError::Auth)?);
     let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound { hub: hub.clone(), auth: auth.clone() });
-    let presence: Arc<dyn Presence> = Arc::new(RedisPresence::connect(&cfg).await?);
+    let presence: Arc<dyn Presence> = redis;
     let bus: Arc<dyn Bus> = Arc::new(NatsBus::connect(&cfg, inbound, tasks, shutdown.stop_token()).await?);
     Ok(Arc::new(Node::new(cfg, hub, bus, presence, auth, shutdown.clone(), tasks.clone())))
 }

@@ -1,0 +1,127 @@
+//! The Redis connection shared by presence and the key store: a client that reconnects
+//! forever, commands bounded in time that fail at once while disconnected, and the
+//! reachability record behind health and the fabric metrics.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use fred::prelude::{
+    Builder, Client, ClientLike, ClientState, Error as RedisError, FromValue, Options, ReconnectPolicy, Value,
+};
+use fred::types::config::{Config as RedisConfig, UnresponsiveConfig};
+use fred::types::{ClusterHash, CustomCommand};
+
+use crate::telemetry;
+
+/// Longest wait for one Redis command; past it the operation fails as unavailable.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for the first connection at startup.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Per-command options every Redis call of the gateway uses: fail at once while
+/// disconnected, give up after [`COMMAND_TIMEOUT`], never resend.
+pub fn command_options() -> Options {
+    Options { timeout: Some(COMMAND_TIMEOUT), fail_fast: true, max_attempts: Some(1), ..Default::default() }
+}
+
+/// Connects a client that reconnects forever with backoff, failing within
+/// [`CONNECT_TIMEOUT`] when the server cannot be reached at startup.
+pub async fn open_client(url: &str) -> Result<Client, String> {
+    let config = RedisConfig::from_url(url).map_err(|e| format!("bad redis url: {e}"))?;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = CONNECT_TIMEOUT;
+            c.internal_command_timeout = CONNECT_TIMEOUT;
+            c.unresponsive =
+                UnresponsiveConfig { max_timeout: Some(COMMAND_TIMEOUT * 3), interval: COMMAND_TIMEOUT / 2 };
+        })
+        .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()
+        .map_err(|e| format!("redis client: {e}"))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), client.init()).await {
+        Ok(Ok(_driver)) => Ok(client),
+        Ok(Err(e)) => Err(format!("cannot connect to redis at {}: {e}", redacted(url))),
+        Err(_) => {
+            let _ = client.quit().await;
+            Err(format!("cannot connect to redis at {}: timed out", redacted(url)))
+        }
+    }
+}
+
+/// Runs a Lua script: `EVALSHA` when `sha` is given, `EVAL` when it is not or the server
+/// forgot the script (restart). Goes through `custom` because fred's `LuaInterface`
+/// ignores per-command [`Options`] (no fail-fast there).
+pub async fn eval<R: FromValue>(
+    client: &Client,
+    opts: &Options,
+    body: &str,
+    sha: Option<&str>,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<R, RedisError> {
+    let c = client.with_options(opts);
+    let mut argv: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    argv.push(Value::from(sha.unwrap_or(body)));
+    argv.push(Value::from(keys.len() as i64));
+    argv.extend(keys.into_iter().chain(args).map(Value::from));
+    if sha.is_some() {
+        let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+        match c.custom(cmd, argv.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => argv[0] = Value::from(body),
+            res => return res,
+        }
+    }
+    c.custom(CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false), argv).await
+}
+
+/// The URL without credentials.
+pub(super) fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        _ => url.to_owned(),
+    }
+}
+
+/// Reachability as last observed, for health and the fabric metrics.
+pub(super) struct Link {
+    /// Whether the client was connected at the last observation.
+    pub(super) up: AtomicBool,
+    /// When the current outage began, to record the gap.
+    down_since: Mutex<Option<Instant>>,
+    /// Server address (no credentials), for operators.
+    pub(super) addr: String,
+}
+
+impl Link {
+    /// A link not yet observed up, for the server at `addr`.
+    pub(super) fn new(addr: String) -> Self {
+        Link { up: AtomicBool::new(false), down_since: Mutex::new(None), addr }
+    }
+
+    /// Records the client's state; counts outages and gaps on transitions.
+    pub(super) fn observe(&self, state: ClientState) {
+        let up = state == ClientState::Connected;
+        if self.up.swap(up, Ordering::AcqRel) == up {
+            return;
+        }
+        metrics::gauge!(telemetry::FABRIC_UP, "component" => "redis").set(if up { 1.0 } else { 0.0 });
+        let mut since = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        if up {
+            if let Some(t) = since.take() {
+                metrics::histogram!(telemetry::FABRIC_GAP_SECONDS, "component" => "redis")
+                    .record(t.elapsed().as_secs_f64());
+                tracing::info!(addr = %self.addr, gap_ms = t.elapsed().as_millis() as u64, "redis reconnected");
+            }
+        } else {
+            *since = Some(Instant::now());
+            metrics::counter!(telemetry::FABRIC_OUTAGES, "component" => "redis").increment(1);
+            tracing::warn!(addr = %self.addr, "redis unreachable");
+        }
+    }
+}
