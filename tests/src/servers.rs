@@ -69,10 +69,11 @@ fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
     cmd.spawn().with_context(|| format!("spawn {:?}", cmd.as_std().get_program()))
 }
 
-/// Waits until `probe` succeeds, failing early when the child exits. Bounded by `limit`.
+/// Waits until `probe(child pid)` succeeds, failing early when the child exits. Bounded
+/// by `limit`.
 async fn wait_ready<F, Fut>(child: &mut Child, limit: Duration, mut probe: F) -> anyhow::Result<()>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(u32) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + limit;
@@ -80,7 +81,8 @@ where
         if let Some(status) = child.try_wait()? {
             bail!("server exited during start-up: {status}");
         }
-        if timeout(Duration::from_secs(1), probe()).await.unwrap_or(false) {
+        let pid = child.id().unwrap_or_default();
+        if timeout(Duration::from_secs(1), probe(pid)).await.unwrap_or(false) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -90,9 +92,26 @@ where
     }
 }
 
-/// Whether something accepts TCP connections on `port`.
-async fn accepts(port: u16) -> bool {
-    TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.is_ok()
+/// Reads the first line a server sends on `port` (NATS greets with `INFO {…}`).
+async fn greeting(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await.ok()?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.ends_with(b"\r\n") && buf.len() < 64 * 1024 {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(buf).ok()
+}
+
+/// The `server_name` in the `INFO` a NATS server greets clients with on `port`.
+async fn info_name(port: u16) -> Option<String> {
+    let line = greeting(port).await?;
+    let info: serde_json::Value = serde_json::from_str(line.strip_prefix("INFO ")?.trim_end()).ok()?;
+    info.get("server_name")?.as_str().map(String::from)
 }
 
 /// Kills and reaps a child, bounded (SIGKILL cannot be ignored, so this is quick).
@@ -248,16 +267,31 @@ impl RedisServer {
     }
 }
 
-/// Whether a Redis on `port` answers `PING` with `+PONG`.
-async fn pong(port: u16) -> bool {
+/// Whether the Redis answering on `port` is process `pid` (not a stranger on our port).
+async fn redis_pid(port: u16, pid: u32) -> bool {
     let Ok(mut s) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await else {
         return false;
     };
-    if s.write_all(b"PING\r\n").await.is_err() {
+    if s.write_all(b"INFO server\r\n").await.is_err() {
         return false;
     }
-    let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n"
+    let want = format!("process_id:{pid}\r\n");
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    while buf.len() < 64 * 1024 {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        let text = String::from_utf8_lossy(&buf);
+        if text.contains(&want) {
+            return true;
+        }
+        if text.contains("process_id:") && text.contains("\r\n\r\n") {
+            return false;
+        }
+    }
+    false
 }
 
 /// The NATS log inside a server's directory.
@@ -273,7 +307,7 @@ fn redis_log(dir: &Path) -> PathBuf {
 /// Spawns `nats-server` on the given ports and waits until both accept connections.
 async fn launch_nats(dir: &Path, port: u16, monitor_port: u16) -> anyhow::Result<Child> {
     // A unique name lets the readiness probe tell our server from a stranger that took
-    // one of the ports between our probe and its bind.
+    // one of the ports between our probe and its bind (it happens with many processes).
     let name = format!("test-{}-{port}-{monitor_port}", std::process::id());
     let mut cmd = Command::new("nats-server");
     cmd.args(["-js", "-a", "127.0.0.1", "-n", &name, "-p"])
@@ -284,9 +318,11 @@ async fn launch_nats(dir: &Path, port: u16, monitor_port: u16) -> anyhow::Result
         .arg(dir.join("js"));
     let log = nats_log(dir);
     let varz = format!("http://127.0.0.1:{monitor_port}/varz");
-    let ready = || {
+    let ready = |_pid| {
         let (varz, name) = (varz.clone(), name.clone());
-        async move { accepts(port).await && server_name(&varz).await.is_some_and(|n| n == name) }
+        async move {
+            info_name(port).await.is_some_and(|n| n == name) && server_name(&varz).await.is_some_and(|n| n == name)
+        }
     };
     launch(cmd, &log, ready).await.with_context(|| format!("nats-server on port {port}"))
 }
@@ -298,14 +334,16 @@ async fn launch_redis(dir: &Path, port: u16) -> anyhow::Result<Child> {
         .arg(port.to_string())
         .arg("--dir")
         .arg(dir);
-    launch(cmd, &redis_log(dir), || pong(port)).await.with_context(|| format!("redis-server on port {port}"))
+    launch(cmd, &redis_log(dir), |pid| redis_pid(port, pid))
+        .await
+        .with_context(|| format!("redis-server on port {port}"))
 }
 
-/// Spawns `cmd` and waits (≤ [`READY_TIMEOUT`]) until `ready`; on failure the child is
-/// killed and the error carries the log's tail.
+/// Spawns `cmd` and waits (≤ [`READY_TIMEOUT`]) until `ready(pid)`; on failure the child
+/// is killed and the error carries the log's tail.
 async fn launch<F, Fut>(cmd: Command, log: &Path, ready: F) -> anyhow::Result<Child>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(u32) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let mut child = spawn(cmd, log)?;
@@ -323,4 +361,36 @@ async fn server_name(varz: &str) -> Option<String> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok()?;
     let body: serde_json::Value = http.get(varz).send().await.ok()?.json().await.ok()?;
     body.get("server_name")?.as_str().map(String::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn nats_restarts_on_its_ports() -> anyhow::Result<()> {
+        let mut s = NatsServer::start().await?;
+        let port = s.port;
+        assert!(s.subscriptions().await?.is_empty());
+        s.stop().await;
+        assert!(info_name(port).await.is_none(), "stopped server still answers");
+        s.restart().await?;
+        assert_eq!(s.port, port);
+        assert!(info_name(port).await.is_some());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn redis_restarts_on_its_port() -> anyhow::Result<()> {
+        let mut s = RedisServer::start().await?;
+        let pid = s.child.as_ref().and_then(Child::id).unwrap_or_default();
+        assert!(redis_pid(s.port, pid).await);
+        s.restart().await?;
+        let new_pid = s.child.as_ref().and_then(Child::id).unwrap_or_default();
+        assert_ne!(pid, new_pid);
+        assert!(redis_pid(s.port, new_pid).await);
+        s.stop().await;
+        assert!(!redis_pid(s.port, new_pid).await);
+        Ok(())
+    }
 }

@@ -116,6 +116,17 @@ async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Result<Durati
     Ok(start.elapsed())
 }
 
+/// Waits until the server lists a subscription on `subject`: a plain client's `flush()`
+/// only drains its socket, so without this a test could publish before the SUB lands.
+async fn subscribed(server: &NatsServer, subject: &str) -> Result<()> {
+    let start = Instant::now();
+    while !server.subscriptions().await?.iter().any(|s| s == subject) {
+        ensure!(start.elapsed() < WAIT, "{subject} not subscribed within {WAIT:?}");
+        sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 fn user(id: &str) -> Principal {
     Principal { kind: PrincipalKind::User, id: id.into() }
 }
@@ -246,7 +257,7 @@ async fn upstream_send_carries_gateway_headers() -> Result<()> {
     let node = Node::start(&server, "n1").await?;
     let backend = async_nats::connect(&server.url).await?;
     let mut q = backend.queue_subscribe("gw.up.status.update", "backends".into()).await?;
-    backend.flush().await?;
+    subscribed(&server, "gw.up.status.update").await?;
 
     let principal = Principal { kind: PrincipalKind::Agent, id: "a1".into() };
     let origin = Origin { principal: &principal, connection_id: "c-1", node: "n1" };
@@ -273,11 +284,12 @@ async fn upstream_send_carries_gateway_headers() -> Result<()> {
 }
 
 /// A backend answering `gw.rpc.>` and `gw.auth.subscribe` the way tests need.
-async fn start_backend(url: &str) -> Result<(async_nats::Client, tokio::task::JoinHandle<()>)> {
-    let client = async_nats::connect(url).await?;
+async fn start_backend(server: &NatsServer) -> Result<(async_nats::Client, tokio::task::JoinHandle<()>)> {
+    let client = async_nats::connect(&server.url).await?;
     let mut rpc = client.subscribe("gw.rpc.>").await?;
     let mut auth = client.subscribe("gw.auth.subscribe").await?;
-    client.flush().await?;
+    subscribed(server, "gw.rpc.>").await?;
+    subscribed(server, "gw.auth.subscribe").await?;
     let c = client.clone();
     let task = tokio::spawn(async move {
         loop {
@@ -316,7 +328,7 @@ async fn requests_map_every_outcome() -> Result<()> {
 
     let r = node.bus.request(&origin, "sessions.create", &json!({}), short).await;
     assert_eq!(r, Err(BusError::NoResponders));
-    let (_backend, task) = start_backend(&server.url).await?;
+    let (_backend, task) = start_backend(&server).await?;
 
     let r = node.bus.request(&origin, "sessions.create", &json!({"title": "t"}), WAIT).await?;
     assert_eq!(r, json!({"created": true, "by": "u1", "params": {"title": "t"}}));
@@ -345,7 +357,7 @@ async fn subscribe_proxy_allows_and_denies() -> Result<()> {
     let short = Duration::from_millis(300);
     let r = node.bus.authorize_subscribe(&user("u1"), &ch("session:ok"), short).await;
     assert_eq!(r, Err(BusError::NoResponders));
-    let (_backend, task) = start_backend(&server.url).await?;
+    let (_backend, task) = start_backend(&server).await?;
     assert!(node.bus.authorize_subscribe(&user("u1"), &ch("session:ok"), WAIT).await?);
     assert!(!node.bus.authorize_subscribe(&user("u2"), &ch("session:ok"), WAIT).await?);
     assert!(!node.bus.authorize_subscribe(&user("u1"), &ch("session:other"), WAIT).await?);
@@ -386,6 +398,7 @@ async fn connect_fails_fast_without_a_server() -> Result<()> {
 
 #[tokio::test]
 async fn delivery_resumes_after_nats_restart() -> Result<()> {
+    let metrics = gateway::telemetry::prometheus();
     let mut server = NatsServer::start().await?;
     let node = Node::start(&server, "n1").await?;
     let s1 = ch("session:s1");
@@ -420,6 +433,17 @@ async fn delivery_resumes_after_nats_restart() -> Result<()> {
     };
     until(WAIT, || node.bus.health().status == "connected").await?;
     assert!(server.subscriptions().await?.iter().any(|s| s == "gw.ev.session.s1"));
+    let text = metrics.render();
+    let metric = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{component=\"nats\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    ensure!(metric("gateway_fabric_outages_total").is_some_and(|v| v >= 1.0), "outage not counted:\n{text}");
+    // (`gateway_fabric_up` is one gauge for every bus in this process, so other tests'
+    // shutdowns move it; `health()` above is the per-bus check.)
+    let gap = metric("gateway_fabric_gap_seconds_sum").context("gap not recorded")?;
+    eprintln!("nats restart: recorded gap {gap:.3} s");
     eprintln!("nats restart: link-down noticed in {noticed:?}; delivery resumed {resumed:?} after the restart");
     node.finish().await
 }

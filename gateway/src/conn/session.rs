@@ -148,11 +148,11 @@ impl Session {
             }
             ClientFrame::Subscribe { id, channels, token } => {
                 let result = self.subscribe(&channels, token.as_deref()).await;
-                self.answer_membership(id, result);
+                self.answer_membership(id, "subscribed", result);
             }
             ClientFrame::Unsubscribe { id, channels } => {
                 let result = self.unsubscribe(&channels).await;
-                self.answer_membership(id, result);
+                self.answer_membership(id, "unsubscribed", result);
             }
             ClientFrame::Request { id, method, params } => self.request(id, method, params).await,
             ClientFrame::Publish { id, channel, event, data } => self.publish(id, &channel, event, data).await,
@@ -163,12 +163,10 @@ impl Session {
         Flow::Continue
     }
 
-    fn answer_membership(&self, id: Option<String>, (done, rejected): (Vec<Channel>, Vec<Value>)) {
+    /// Answers a subscribe (`key` = `subscribed`) or unsubscribe (`unsubscribed`).
+    fn answer_membership(&self, id: Option<String>, key: &str, (done, rejected): (Vec<Channel>, Vec<Value>)) {
         match id {
-            Some(id) => {
-                let key = "subscribed";
-                self.reply(&ServerFrame::ok(id, json!({ key: done, "rejected": rejected })))
-            }
+            Some(id) => self.reply(&ServerFrame::ok(id, json!({ key: done, "rejected": rejected }))),
             None => {
                 for r in rejected {
                     let code = serde_json::from_value(r["code"].clone()).unwrap_or(ErrorCode::BadRequest);
@@ -217,10 +215,16 @@ impl Session {
     }
 
     async fn join(&mut self, ch: &Channel) -> Result<(), ErrorBody> {
-        if self.node.hub.subscribe(ch, &self.handle)
-            && let Err(e) = self.node.bus.sync_interest(ch).await
+        // Every joiner syncs, not only the first: a second joiner must not be told
+        // "subscribed" while the first one's subscription is still on its way to the
+        // server. With nothing to change the sync only waits for that in-flight one.
+        let first = self.node.hub.subscribe(ch, &self.handle);
+        if let Err(e) = self.node.bus.sync_interest(ch).await
+            && first
         {
-            self.node.hub.unsubscribe(ch, self.handle.id);
+            if self.node.hub.unsubscribe(ch, self.handle.id) {
+                let _ = self.node.bus.sync_interest(ch).await;
+            }
             return Err((&e).into());
         }
         self.channels.push(ch.clone());
@@ -291,8 +295,15 @@ impl Session {
     }
 
     async fn send(&mut self, id: Option<String>, event: &str, data: &Value) {
-        if event.len() > MAX_NAME_LEN {
-            return self.fail(id, ErrorBody::new(ErrorCode::BadRequest, "event name too long"));
+        // The same rule on every bus: the name must map onto an upstream subject.
+        if event.len() > MAX_NAME_LEN || crate::bus::upstream_subject(&self.node.cfg.subject_prefix, event).is_none() {
+            return self.fail(
+                id,
+                ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "event must be 1-128 characters of [A-Za-z0-9_-] tokens separated by ':' or '.'",
+                ),
+            );
         }
         let origin = Origin {
             principal: &self.identity.principal,
@@ -441,9 +452,14 @@ impl Session {
         self.handle.push(msg);
     }
 
-    /// Time until the credential expires, if it does.
+    /// Time until the credential expires, if it does. The clock-skew leeway that let the
+    /// token in at the handshake applies here too: a token accepted within the leeway
+    /// must not be dropped the moment the connection starts.
     pub fn time_to_expiry(&self) -> Option<Duration> {
-        self.identity.expires_at_ms.map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+        let leeway_ms = self.node.cfg.auth.leeway_secs.saturating_mul(1000);
+        self.identity
+            .expires_at_ms
+            .map(|at| Duration::from_millis(at.saturating_add(leeway_ms).saturating_sub(now_ms())))
     }
 }
 

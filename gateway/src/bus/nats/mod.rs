@@ -5,10 +5,12 @@
 //! A node holds one NATS subscription per channel with a local subscriber, and none
 //! otherwise: [`Bus::sync_interest`] reconciles the subscription with
 //! [`Inbound::has_subscribers`] under a per-channel lock, so concurrent calls in any order
-//! converge on the hub's truth. Each subscription is drained by its own tracked task,
-//! which decodes events and hands them to [`Inbound::event`]; the task owns the
-//! [`Subscriber`], so unsubscribing means stopping the task and waiting until it has sent
-//! `UNSUB`. async-nats replays every live subscription after a reconnect.
+//! converge on the hub's truth, and returns only once the server has applied the change
+//! (a round trip through the server, see `NatsBus::barrier`). Each subscription is
+//! drained by its own tracked task, which decodes events and hands them to
+//! [`Inbound::event`]; the task owns the [`Subscriber`], so unsubscribing means stopping
+//! the task and waiting until it has sent `UNSUB`. async-nats replays every live
+//! subscription after a reconnect.
 //!
 //! The initial connect fails fast with a clear error; afterwards the client reconnects
 //! forever. Connection events drive [`health`](Bus::health) and the `gateway_fabric_*`
@@ -25,14 +27,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::{
-    Client, ConnectOptions, Event, HeaderMap, HeaderValue, Message, Request, Subscriber,
-    client::{PublishError, PublishErrorKind, RequestError, RequestErrorKind},
-};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, Request, Subscriber};
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
-use gateway_protocol::{Channel, ErrorBody, ErrorCode, EventFrame, Principal, channel::valid_id, now_ms};
-use serde::Serialize;
+use gateway_protocol::{Channel, EventFrame, Principal, channel::valid_id};
 use serde_json::{Value, json};
 use tokio::{sync::Mutex as AsyncMutex, task::JoinHandle};
 use tokio_util::{
@@ -40,10 +39,15 @@ use tokio_util::{
     task::TaskTracker,
 };
 
-use super::{
-    Bus, BusError, ComponentHealth, DisconnectCommand, Inbound, Origin, WireEvent, rpc_subject, upstream_subject,
-};
+use super::{Bus, BusError, ComponentHealth, DisconnectCommand, Inbound, Origin, rpc_subject, upstream_subject};
 use crate::{config::Config, telemetry};
+
+mod wire;
+
+use wire::{
+    WireEventRef, bad_request, decode_event, origin_headers, parse_reply, publish_error, reconnect_delay, redact,
+    request_error,
+};
 
 /// Header naming the kind (`user`|`agent`) of the principal behind an upstream message.
 pub const HDR_PRINCIPAL_KIND: &str = "Gw-Principal-Kind";
@@ -103,7 +107,13 @@ impl Link {
                     tracing::info!(gap_ms = gap.as_millis() as u64, "nats reconnected");
                 }
             }
-            Event::Disconnected | Event::Closed => {
+            // Closed is our own shutdown (the client was dropped or drained): down, but
+            // not an outage.
+            Event::Closed => {
+                metrics::gauge!(telemetry::FABRIC_UP, "component" => COMPONENT).set(0.0);
+                self.state.store(DOWN, Ordering::Release);
+            }
+            Event::Disconnected => {
                 metrics::gauge!(telemetry::FABRIC_UP, "component" => COMPONENT).set(0.0);
                 if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
                     metrics::counter!(telemetry::FABRIC_OUTAGES, "component" => COMPONENT).increment(1);
@@ -117,6 +127,7 @@ impl Link {
                 metrics::counter!(telemetry::DROPS, "reason" => "slow_consumer").increment(1);
                 tracing::warn!(sid, "nats subscription buffer full; events dropped");
             }
+            Event::ServerError(_) | Event::ClientError(_) => tracing::warn!(event = %ev, "nats error"),
             other => tracing::info!(event = %other, "nats event"),
         }
     }
@@ -126,7 +137,7 @@ impl Link {
 struct Live {
     /// Cancelled to make the task send `UNSUB` and exit.
     stop: CancellationToken,
-    /// The task; awaited so `UNSUB` is queued before the flush that confirms it.
+    /// The task; awaited so `UNSUB` is queued before the barrier that confirms it.
     task: JoinHandle<()>,
 }
 
@@ -155,173 +166,51 @@ pub struct NatsBus {
     stop: CancellationToken,
     /// Cancels `stop` when the bus is dropped, so no task outlives it.
     _guard: DropGuard,
-    /// Bound of every publish, subscribe and flush (`fabric.request_timeout_ms`).
+    /// Bound of every publish, subscribe and barrier (`fabric.request_timeout_ms`).
     op_timeout: Duration,
-}
-
-/// Reconnect backoff: immediately, then 100 ms doubling up to [`MAX_RECONNECT_DELAY`],
-/// plus up to 25 % jitter so a fleet of nodes does not reconnect in lockstep.
-fn reconnect_delay(attempts: usize) -> Duration {
-    if attempts <= 1 {
-        return Duration::ZERO;
-    }
-    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(10);
-    let base = Duration::from_millis(100u64 << exp).min(MAX_RECONNECT_DELAY);
-    let jitter = rand::random_range(0..=base.as_millis() as u64 / 4);
-    base + Duration::from_millis(jitter)
-}
-
-/// Server addresses with any `user:password@` removed, for logs and `/health`.
-fn redact(urls: &str) -> String {
-    let strip = |u: &str| match (u.find("://"), u.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}{}", &u[..s + 3], &u[at + 1..]),
-        (None, Some(at)) => u[at + 1..].to_owned(),
-        _ => u.to_owned(),
-    };
-    urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(strip).collect::<Vec<_>>().join(",")
-}
-
-/// `bad_request` as a bus error (the caller asked for something unsendable).
-fn bad_request(message: String) -> BusError {
-    BusError::Backend(ErrorBody::new(ErrorCode::BadRequest, message))
-}
-
-/// Maps a publish failure: too large is the caller's fault, the rest is the fabric's.
-fn publish_error(e: PublishError) -> BusError {
-    match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => BusError::Backend(ErrorBody::new(ErrorCode::TooLarge, e.to_string())),
-        _ => BusError::Unavailable(format!("nats publish: {e}")),
-    }
-}
-
-/// Maps a request failure onto the contract's outcomes.
-fn request_error(e: RequestError, timeout: Duration) -> BusError {
-    match e.kind() {
-        RequestErrorKind::NoResponders => BusError::NoResponders,
-        RequestErrorKind::TimedOut => BusError::Timeout(timeout),
-        RequestErrorKind::MaxPayloadExceeded => BusError::Backend(ErrorBody::new(ErrorCode::TooLarge, e.to_string())),
-        _ => BusError::Unavailable(format!("nats request: {e}")),
-    }
-}
-
-/// The gateway-set identity headers of an upstream message or request. Values come from
-/// the authenticated connection only; one that cannot be a header (CR/LF) is refused
-/// rather than letting it forge another header.
-fn origin_headers(origin: &Origin<'_>) -> Result<HeaderMap, BusError> {
-    let mut h = HeaderMap::new();
-    let pairs = [
-        (HDR_PRINCIPAL_KIND, origin.principal.kind.as_str()),
-        (HDR_PRINCIPAL_ID, origin.principal.id.as_str()),
-        (HDR_CONNECTION, origin.connection_id),
-        (HDR_NODE, origin.node),
-        ("Content-Type", "application/json"),
-    ];
-    for (name, value) in pairs {
-        let v: HeaderValue = value.parse().map_err(|_| bad_request(format!("{name} cannot be a header value")))?;
-        h.insert(name, v);
-    }
-    Ok(h)
-}
-
-/// Whether a message's `Content-Type` (any case, parameters ignored) is MessagePack.
-fn is_msgpack(msg: &Message) -> bool {
-    msg.headers.as_ref().is_some_and(|h| {
-        h.iter().any(|(name, values)| {
-            AsRef::<str>::as_ref(name).eq_ignore_ascii_case("content-type")
-                && values.iter().any(|v| {
-                    let ct = v.as_str().split(';').next().unwrap_or_default().trim();
-                    ct.eq_ignore_ascii_case(MSGPACK) || ct.eq_ignore_ascii_case("application/x-msgpack")
-                })
-        })
-    })
-}
-
-/// Decodes an event body (JSON, or MessagePack per header) into a frame for `channel`,
-/// filling a missing id (uuid v7) and timestamp (now).
-fn decode_event(channel: &Channel, msg: &Message) -> Result<EventFrame, String> {
-    let wire: WireEvent = if is_msgpack(msg) {
-        rmp_serde::from_slice(&msg.payload).map_err(|e| format!("msgpack: {e}"))?
-    } else {
-        serde_json::from_slice(&msg.payload).map_err(|e| format!("json: {e}"))?
-    };
-    if wire.event.is_empty() {
-        return Err("empty event name".into());
-    }
-    Ok(EventFrame {
-        channel: channel.clone(),
-        event: wire.event,
-        data: wire.data,
-        id: wire.id.filter(|id| !id.is_empty()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        ts: wire.ts.unwrap_or_else(now_ms),
-    })
-}
-
-/// A reply body: the result, or `{"error":{"code","message"}}` as [`BusError::Backend`].
-fn parse_reply(payload: &[u8]) -> Result<Value, BusError> {
-    let v: Value =
-        serde_json::from_slice(payload).map_err(|e| BusError::BadReply(format!("reply is not JSON: {e}")))?;
-    match v.as_object().and_then(|o| o.get("error")).filter(|e| !e.is_null()) {
-        Some(err) => Err(serde_json::from_value::<ErrorBody>(err.clone())
-            .map_or_else(|e| BusError::BadReply(format!("malformed error body: {e}")), BusError::Backend)),
-        None => Ok(v),
-    }
-}
-
-/// The event body this node publishes (borrowing, so publishing clones nothing).
-#[derive(Serialize)]
-struct WireEventRef<'a> {
-    /// Event name.
-    event: &'a str,
-    /// Payload.
-    data: &'a Value,
-    /// Message id, so every node delivers the same one.
-    id: &'a str,
-    /// Acceptance time in ms.
-    ts: u64,
+    /// Private inbox answered by this bus itself; a request to it is the barrier.
+    barrier_subject: String,
 }
 
 /// Drains one channel subscription into `inbound` until stopped.
 async fn pump(
     mut sub: Subscriber,
-    channel: Channel,
+    ch: Channel,
     inbound: Arc<dyn Inbound>,
     stop: CancellationToken,
     bus: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            msg = sub.next() => match msg {
-                Some(msg) => match decode_event(&channel, &msg) {
-                    Ok(ev) => inbound.event(ev),
-                    Err(e) => {
-                        metrics::counter!(telemetry::DROPS, "reason" => "bad_event").increment(1);
-                        tracing::debug!(channel = %channel, error = %e, "undecodable event dropped");
-                    }
-                },
-                None => {
-                    tracing::warn!(channel = %channel, "nats subscription ended");
-                    return;
-                }
-            },
+    while let Some(Some(msg)) = stop.run_until_cancelled(sub.next()).await {
+        match decode_event(&ch, &msg) {
+            Ok(ev) => inbound.event(ev),
+            Err(e) => {
+                metrics::counter!(telemetry::DROPS, "reason" => "bad_event").increment(1);
+                tracing::debug!(channel = %ch, error = %e, "undecodable event dropped");
+            }
         }
     }
-    // Unsubscribed by `sync_interest` (not a bus shutdown): send UNSUB now, so the server
-    // stops routing before the caller's flush. On shutdown, dropping `sub` is enough.
-    if !bus.is_cancelled() {
-        let _ = sub.unsubscribe().await;
+    if !stop.is_cancelled() {
+        tracing::warn!(channel = %ch, "nats subscription ended");
+        return;
+    }
+    // Unsubscribed by `sync_interest`: send UNSUB now, so the server stops routing before
+    // the caller's barrier. Bounded by the bus's stop (the command queue may be full while
+    // disconnected); on shutdown, dropping `sub` is enough.
+    let _ = bus.run_until_cancelled(sub.unsubscribe()).await;
+}
+
+/// Answers barrier requests (empty reply) until the bus stops.
+async fn answer_barriers(client: Client, mut sub: Subscriber, stop: CancellationToken) {
+    while let Some(Some(msg)) = stop.run_until_cancelled(sub.next()).await {
+        if let Some(reply) = msg.reply {
+            let _ = client.publish(reply, Bytes::new()).await;
+        }
     }
 }
 
 /// Delivers `<prefix>.ctl.disconnect` commands into `inbound` until the bus stops.
 async fn control(mut sub: Subscriber, inbound: Arc<dyn Inbound>, stop: CancellationToken) {
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => return,
-            msg = sub.next() => msg,
-        };
-        let Some(msg) = msg else { return };
+    while let Some(Some(msg)) = stop.run_until_cancelled(sub.next()).await {
         match serde_json::from_slice::<DisconnectCommand>(&msg.payload) {
             Ok(cmd) if valid_id(&cmd.id) => inbound.control(cmd),
             Ok(_) | Err(_) => {
@@ -362,6 +251,7 @@ impl NatsBus {
         link.connected_at_start();
 
         let stop = shutdown.child_token();
+        let barrier_subject = client.new_inbox();
         let bus = NatsBus {
             client,
             inbound,
@@ -374,10 +264,13 @@ impl NatsBus {
             _guard: stop.clone().drop_guard(),
             stop,
             op_timeout,
+            barrier_subject,
         };
+        let barriers = bus.bounded("subscribe", bus.client.subscribe(bus.barrier_subject.clone())).await?;
+        tasks.spawn(answer_barriers(bus.client.clone(), barriers, bus.stop.clone()));
         let ctl = bus.bounded("subscribe", bus.client.subscribe(format!("{}.ctl.disconnect", bus.prefix))).await?;
-        bus.bounded("flush", bus.client.flush()).await?;
         tasks.spawn(control(ctl, bus.inbound.clone(), bus.stop.clone()));
+        bus.barrier().await?;
         // On shutdown, push out what is still buffered (bounded) before the process exits.
         let (client, stop, limit) = (bus.client.clone(), bus.stop.clone(), op_timeout.min(Duration::from_secs(2)));
         tasks.spawn(async move {
@@ -407,6 +300,15 @@ impl NatsBus {
         }
     }
 
+    /// Returns once the server has processed everything this client sent before it.
+    ///
+    /// `Client::flush` only drains the socket buffer; a request to our own private inbox
+    /// (answered by [`answer_barriers`]) is processed by the server after every earlier
+    /// SUB/UNSUB of this connection, so its reply proves they are in effect.
+    async fn barrier(&self) -> Result<(), BusError> {
+        self.bounded("barrier", self.client.request(self.barrier_subject.clone(), Bytes::new())).await.map(drop)
+    }
+
     /// Fails fast while the link is known to be down, instead of queueing behind it.
     fn ensure_up(&self) -> Result<(), BusError> {
         if self.link.is_up() {
@@ -433,7 +335,7 @@ impl NatsBus {
     }
 
     /// Makes `live` match the hub: subscribe when wanted and absent, unsubscribe when
-    /// present and unwanted. Returns whether the server must be asked to confirm (flush).
+    /// present and unwanted. Returns whether the server must confirm a change (barrier).
     async fn reconcile(&self, ch: &Channel, live: &mut Option<Live>) -> Result<bool, BusError> {
         if live.as_ref().is_some_and(|l| l.task.is_finished()) {
             // The stream ended under us (client closed); treat as absent.
@@ -475,16 +377,14 @@ impl Bus for NatsBus {
     async fn sync_interest(&self, ch: &Channel) -> Result<(), BusError> {
         let slot = self.slot(ch);
         let mut live = slot.lock().await;
-        let result = self.reconcile(ch, &mut live).await;
-        // Confirm with the server (PING/PONG) so a client told "subscribed" gets the next
+        // Confirm a change with the server so a client told "subscribed" gets the next
         // event. While disconnected, the change is queued and replayed on reconnect.
-        let result = match result {
+        let result = match self.reconcile(ch, &mut live).await {
             Ok(true) => match self.ensure_up() {
-                Ok(()) => self.bounded("flush", self.client.flush()).await,
-                Err(e) => Err(e),
+                Ok(()) => self.barrier().await,
+                down => down,
             },
-            Ok(false) => Ok(()),
-            Err(e) => Err(e),
+            other => other.map(drop),
         };
         self.prune(ch, &slot, live.is_none());
         drop(live);
@@ -492,14 +392,9 @@ impl Bus for NatsBus {
     }
 
     async fn publish(&self, ev: &EventFrame) -> Result<(), BusError> {
-        self.ensure_up()?;
         let body = serde_json::to_vec(&WireEventRef { event: &ev.event, data: &ev.data, id: &ev.id, ts: ev.ts })
             .map_err(|e| bad_request(format!("event body: {e}")))?;
-        let subject = ev.channel.subject(&self.prefix);
-        match tokio::time::timeout(self.op_timeout, self.client.publish(subject, body.into())).await {
-            Ok(r) => r.map_err(publish_error),
-            Err(_) => Err(BusError::Unavailable(format!("nats publish: no progress within {:?}", self.op_timeout))),
-        }
+        self.send(ev.channel.subject(&self.prefix), None, body).await
     }
 
     async fn send_upstream(&self, origin: &Origin<'_>, event: &str, data: &Value) -> Result<(), BusError> {
@@ -507,13 +402,7 @@ impl Bus for NatsBus {
             .ok_or_else(|| bad_request(format!("event name {event:?} cannot be sent upstream")))?;
         let headers = origin_headers(origin)?;
         let body = serde_json::to_vec(data).map_err(|e| bad_request(format!("data: {e}")))?;
-        self.ensure_up()?;
-        match tokio::time::timeout(self.op_timeout, self.client.publish_with_headers(subject, headers, body.into()))
-            .await
-        {
-            Ok(r) => r.map_err(publish_error),
-            Err(_) => Err(BusError::Unavailable(format!("nats publish: no progress within {:?}", self.op_timeout))),
-        }
+        self.send(subject, Some(headers), body).await
     }
 
     async fn request(
@@ -545,13 +434,8 @@ impl Bus for NatsBus {
     }
 
     async fn disconnect(&self, cmd: &DisconnectCommand) -> Result<(), BusError> {
-        self.ensure_up()?;
         let body = serde_json::to_vec(cmd).map_err(|e| bad_request(format!("command: {e}")))?;
-        let subject = format!("{}.ctl.disconnect", self.prefix);
-        match tokio::time::timeout(self.op_timeout, self.client.publish(subject, body.into())).await {
-            Ok(r) => r.map_err(publish_error),
-            Err(_) => Err(BusError::Unavailable(format!("nats publish: no progress within {:?}", self.op_timeout))),
-        }
+        self.send(format!("{}.ctl.disconnect", self.prefix), None, body).await
     }
 
     fn health(&self) -> ComponentHealth {
@@ -561,6 +445,21 @@ impl Bus for NatsBus {
 }
 
 impl NatsBus {
+    /// One bounded publish; fails fast while the link is down.
+    async fn send(&self, subject: String, headers: Option<HeaderMap>, body: Vec<u8>) -> Result<(), BusError> {
+        self.ensure_up()?;
+        let sent = match headers {
+            Some(h) => {
+                tokio::time::timeout(self.op_timeout, self.client.publish_with_headers(subject, h, body.into())).await
+            }
+            None => tokio::time::timeout(self.op_timeout, self.client.publish(subject, body.into())).await,
+        };
+        match sent {
+            Ok(r) => r.map_err(publish_error),
+            Err(_) => Err(BusError::Unavailable(format!("nats publish: no progress within {:?}", self.op_timeout))),
+        }
+    }
+
     /// One request/reply exchange bounded by `timeout`, with the reply parsed per §5.
     async fn round_trip(
         &self,
@@ -580,33 +479,5 @@ impl NatsBus {
             Err(_) => return Err(BusError::Timeout(timeout)),
         };
         parse_reply(&msg.payload)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_credentials() {
-        assert_eq!(redact("nats://u:p@h:4222, nats://h2:4222"), "nats://h:4222,nats://h2:4222");
-        assert_eq!(redact("tok@h:4222"), "h:4222");
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        assert_eq!(reconnect_delay(1), Duration::ZERO);
-        assert!(reconnect_delay(2) >= Duration::from_millis(100));
-        assert!(reconnect_delay(200) <= MAX_RECONNECT_DELAY + MAX_RECONNECT_DELAY / 4);
-    }
-
-    #[test]
-    fn replies() {
-        assert_eq!(parse_reply(br#"{"ok":1}"#), Ok(json!({"ok":1})));
-        assert!(
-            matches!(parse_reply(br#"{"error":{"code":"not_found","message":"x"}}"#), Err(BusError::Backend(b)) if b.code == ErrorCode::NotFound)
-        );
-        assert!(matches!(parse_reply(b"nope"), Err(BusError::BadReply(_))));
-        assert!(matches!(parse_reply(br#"{"error":{"code":"weird"}}"#), Err(BusError::BadReply(_))));
     }
 }
