@@ -144,3 +144,45 @@ async fn apikey_revoke_disconnects_live_sessions_everywhere() -> anyhow::Result<
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn redis_outage_keeps_connections_and_follows_the_admission_policy() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut redis = RedisServer::start().await?;
+    let node = TestNode::start(node_config(&nats, &redis)).await?;
+    let mut before = node.user("early", &["p1"]).await?;
+    connected(&mut before).await?;
+    redis.stop().await;
+    // The fault shows in /ready, /health and metrics.
+    gateway_tests::node::eventually(T, || async {
+        let r = reqwest::get(node.http("/ready")).await.ok()?;
+        (r.status() == 503).then_some(())
+    })
+    .await?;
+    let h = node.health().await?;
+    assert_eq!((h["status"].as_str(), h["redis"]["status"].as_str()), (Some("degraded"), Some("disconnected")), "{h}");
+    let metrics = reqwest::get(node.http("/metrics")).await?.text().await?;
+    assert!(metrics.contains("gateway_fabric_up{component=\"redis\"} 0"), "{metrics}");
+    // Users are admitted (fail-open), agents are not (fail-closed: their count is unknown).
+    let mut user = node.user("late", &["p1"]).await?;
+    connected(&mut user).await?;
+    let (_, key) = gateway_tests::node::AGENT_KEYS[0];
+    match Client::connect(Connect::new(node.ws("")).header("X-API-Key", key)).await {
+        Err(ClientError::Refused { status, body }) => {
+            assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}")
+        }
+        other => panic!("agent admitted without a count: {:?}", other.map(|_| ())),
+    }
+    // The connection made before the outage still works.
+    before.send(&gateway_protocol::ClientFrame::Ping).await?;
+    before.recv_until(T, |r| matches!(r, Received::Frame(ServerFrame::Pong { .. })).then_some(())).await?;
+    redis.restart().await?;
+    gateway_tests::node::eventually(Duration::from_secs(10), || async {
+        let r = reqwest::get(node.http("/ready")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await?;
+    let mut agent = Client::connect(Connect::new(node.ws("")).header("X-API-Key", key)).await?;
+    connected(&mut agent).await?;
+    Ok(())
+}
