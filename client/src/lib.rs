@@ -10,8 +10,11 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
-    tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig},
+    tungstenite::{self, client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig},
 };
+
+/// The WebSocket message type of [`Client::send_raw`] and [`Client::recv_message`].
+pub use tokio_tungstenite::tungstenite::Message;
 
 /// What went wrong on the client side.
 #[derive(Debug, thiserror::Error)]
@@ -215,19 +218,28 @@ impl Client {
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(m)) => m,
             };
-            return match msg {
-                Message::Text(t) => match self.encoding {
-                    Encoding::Flat => {
-                        Ok(Received::Flat(serde_json::from_str(&t).map_err(|e| ClientError::Decode(e.to_string()))?))
-                    }
-                    _ => Ok(Received::Frame(serde_json::from_str(&t).map_err(|e| ClientError::Decode(e.to_string()))?)),
-                },
-                Message::Binary(b) => {
-                    Ok(Received::Frame(rmp_serde::from_slice(&b).map_err(|e| ClientError::Decode(e.to_string()))?))
-                }
-                Message::Close(c) => Ok(Received::Closed(c.map(|f| (u16::from(f.code), f.reason.to_string())))),
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            };
+            if matches!(msg, Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) {
+                continue;
+            }
+            return self.decode(msg);
+        }
+    }
+
+    /// Decodes a message received with [`Client::recv_message`] as [`Client::recv`] would.
+    pub fn decode(&self, msg: Message) -> Result<Received, ClientError> {
+        let json_err = |e: serde_json::Error| ClientError::Decode(e.to_string());
+        match msg {
+            Message::Text(t) if self.encoding == Encoding::Flat => {
+                Ok(Received::Flat(serde_json::from_str(&t).map_err(json_err)?))
+            }
+            Message::Text(t) => Ok(Received::Frame(serde_json::from_str(&t).map_err(json_err)?)),
+            Message::Binary(b) => {
+                Ok(Received::Frame(rmp_serde::from_slice(&b).map_err(|e| ClientError::Decode(e.to_string()))?))
+            }
+            Message::Close(c) => Ok(Received::Closed(c.map(|f| (u16::from(f.code), f.reason.to_string())))),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                Err(ClientError::Decode("not a data or close message".into()))
+            }
         }
     }
 
@@ -264,6 +276,13 @@ impl Client {
                 return Ok(c.map(|(code, _)| code));
             }
         }
+    }
+
+    /// Sends a close frame and keeps the client, to read the server's reply.
+    pub async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), ClientError> {
+        let frame = tungstenite::protocol::CloseFrame { code: code.into(), reason: reason.into() };
+        self.ws.close(Some(frame)).await?;
+        Ok(())
     }
 
     /// Closes normally.

@@ -130,6 +130,17 @@ pub struct Claims {
     pub iss: Option<String>,
 }
 
+/// The user JWT claims the gateway reads once the token is verified.
+#[derive(Deserialize)]
+struct VerifiedClaims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    projects: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
 /// Channel token claims: permission to join one channel.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ChannelClaims {
@@ -169,15 +180,20 @@ impl Authenticator {
             let mut v = Validation::new(alg);
             v.leeway = leeway;
             v.validate_nbf = true;
-            v.set_required_spec_claims(&["exp", "sub"]);
+            // jsonwebtoken checks `aud`/`iss` only when the token carries them: a
+            // configured check must also require the claim, or leaving it out skips it.
+            let mut required = vec!["exp", "sub"];
             if cfg.auth.jwt_audience.is_empty() {
                 v.validate_aud = false;
             } else {
                 v.set_audience(&[&cfg.auth.jwt_audience]);
+                required.push("aud");
             }
             if !cfg.auth.jwt_issuer.is_empty() {
                 v.set_issuer(&[&cfg.auth.jwt_issuer]);
+                required.push("iss");
             }
+            v.set_required_spec_claims(&required);
             v
         };
         let channel_key = (!cfg.jwt_secret.is_empty()).then(|| {
@@ -232,10 +248,14 @@ impl Authenticator {
     /// Verifies a user JWT.
     pub fn verify_jwt(&self, token: &str) -> Result<Identity, AuthError> {
         let (key, validation) = self.user_key.as_ref().ok_or(AuthError::NotConfigured("JWT"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(jwt_error)?;
+        // `aud` and `iss` are checked by the validation, which also accepts an audience
+        // list (RFC 7519 §4.1.3); they are not read into a struct that wants one string.
+        let data = jsonwebtoken::decode::<VerifiedClaims>(token, key, validation).map_err(jwt_error)?;
         let c = data.claims;
-        if c.sub.is_empty() {
-            return Err(AuthError::Invalid("empty sub"));
+        // The user is always subscribed to `user:<sub>`, so `sub` must be a channel id;
+        // otherwise the user channel silently would not exist.
+        if !gateway_protocol::channel::valid_id(&c.sub) {
+            return Err(AuthError::Invalid("sub must be 1-128 characters of [A-Za-z0-9_-]"));
         }
         Ok(Identity {
             principal: Principal { kind: PrincipalKind::User, id: c.sub },

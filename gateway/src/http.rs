@@ -30,8 +30,11 @@ use crate::{
     telemetry,
 };
 
-/// The router of one node.
+/// The router of one node. Building it installs the Prometheus recorder: metrics
+/// recorded before that would be lost (and gauges decremented later would go negative),
+/// so it cannot wait for the first scrape of `/metrics`.
 pub fn router(node: Arc<Node>) -> Router {
+    telemetry::prometheus();
     Router::new()
         .route("/ws", get(upgrade))
         .route("/health", get(health))

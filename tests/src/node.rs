@@ -267,3 +267,120 @@ impl ProcessNode {
         Ok(status.code())
     }
 }
+
+/// The default bound of a single wait in tests.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Waits for the `connected` frame; returns (connection id, principal id).
+pub async fn connected(c: &mut Client) -> anyhow::Result<(String, String)> {
+    let got = c
+        .recv_until(WAIT, |r| match r {
+            gateway_client::Received::Frame(gateway_protocol::ServerFrame::Connected {
+                connection_id,
+                principal,
+                ..
+            }) => Some((connection_id.clone(), principal.id.clone())),
+            _ => None,
+        })
+        .await?;
+    Ok(got)
+}
+
+/// Waits for the `response` with `id`; returns `Ok(result)` or `Err(error body)`.
+pub async fn response(c: &mut Client, id: &str) -> anyhow::Result<Result<Value, gateway_protocol::ErrorBody>> {
+    let got = c
+        .recv_until(WAIT, |r| match r {
+            gateway_client::Received::Frame(gateway_protocol::ServerFrame::Response { id: rid, result, error })
+                if rid == id =>
+            {
+                Some(match (result, error) {
+                    (_, Some(e)) => Err(e.clone()),
+                    (r, None) => Ok(r.clone().unwrap_or(Value::Null)),
+                })
+            }
+            _ => None,
+        })
+        .await?;
+    Ok(got)
+}
+
+/// Sends `subscribe` (with an optional channel token) and returns the response's result.
+pub async fn subscribe(c: &mut Client, id: &str, channels: &[&str], token: Option<&str>) -> anyhow::Result<Value> {
+    c.send(&gateway_protocol::ClientFrame::Subscribe {
+        id: Some(id.into()),
+        channels: channels.iter().map(|s| s.to_string()).collect(),
+        token: token.map(String::from),
+    })
+    .await?;
+    response(c, id).await?.map_err(|e| anyhow::anyhow!("subscribe {id} failed: {e:?}"))
+}
+
+/// Waits for the next channel event (skipping other frames).
+pub async fn next_event(c: &mut Client) -> anyhow::Result<gateway_protocol::EventFrame> {
+    let got = c
+        .recv_until(WAIT, |r| match r {
+            gateway_client::Received::Frame(gateway_protocol::ServerFrame::Event(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .await?;
+    Ok(got)
+}
+
+/// Waits for the next channel event other than `presence.join`/`presence.leave`.
+pub async fn next_app_event(c: &mut Client) -> anyhow::Result<gateway_protocol::EventFrame> {
+    let got = c
+        .recv_until(WAIT, |r| match r {
+            gateway_client::Received::Frame(gateway_protocol::ServerFrame::Event(e))
+                if !e.event.starts_with("presence.") =>
+            {
+                Some(e.clone())
+            }
+            _ => None,
+        })
+        .await?;
+    Ok(got)
+}
+
+/// Asserts that no channel event other than presence arrives for `d`.
+pub async fn assert_no_app_event(c: &mut Client, d: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_timeout(left).await {
+            Err(ClientError::Timeout(_)) => return Ok(()),
+            Ok(gateway_client::Received::Frame(gateway_protocol::ServerFrame::Event(e)))
+                if e.event.starts_with("presence.") => {}
+            Ok(r) => bail!("expected no event, got {r:?}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits for the next `error` frame (skipping other frames).
+pub async fn next_error(c: &mut Client) -> anyhow::Result<gateway_protocol::ErrorBody> {
+    let got = c
+        .recv_until(WAIT, |r| match r {
+            gateway_client::Received::Frame(gateway_protocol::ServerFrame::Error { error }) => Some(error.clone()),
+            _ => None,
+        })
+        .await?;
+    Ok(got)
+}
+
+/// Asserts that nothing but pings arrives for `d` (an event that must not be delivered).
+pub async fn assert_quiet(c: &mut Client, d: Duration) -> anyhow::Result<()> {
+    match c.recv_timeout(d).await {
+        Err(ClientError::Timeout(_)) => Ok(()),
+        Ok(r) => bail!("expected nothing, got {r:?}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The `(status, body)` of a refused handshake; fails if the handshake succeeded.
+pub fn refusal(r: Result<Client, ClientError>) -> anyhow::Result<(u16, Value)> {
+    match r {
+        Err(ClientError::Refused { status, body }) => Ok((status, body)),
+        Err(e) => bail!("expected an HTTP refusal, got {e}"),
+        Ok(_) => bail!("expected an HTTP refusal, the handshake succeeded"),
+    }
+}

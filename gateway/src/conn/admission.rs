@@ -62,16 +62,26 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.held {
-            let mut rest = Admission {
-                node: self.node.clone(),
-                conn: self.conn.clone(),
-                principal: self.principal.clone(),
-                held: true,
-            };
-            self.held = false;
-            let tasks = self.node.tasks.clone();
-            tasks.spawn(async move { rest.release().await });
+        if !std::mem::take(&mut self.held) {
+            return;
         }
+        // The release is async; hand it to a task. The task owns plain parts, not an
+        // `Admission`: if the runtime is shutting down and drops the task unrun, that
+        // must not spawn again (it would recurse until the stack overflows). An
+        // unreleased count is a lease and expires on its own.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (node, conn, principal) = (self.node.clone(), self.conn.clone(), self.principal.clone());
+        let tasks = node.tasks.clone();
+        tasks.spawn_on(
+            async move {
+                let r = ConnRef { node: node.id(), conn: &conn, principal: &principal };
+                if let Err(e) = node.presence.release(&r).await {
+                    tracing::warn!(error = %e, "connection count not released; its lease will expire");
+                }
+            },
+            &rt,
+        );
     }
 }

@@ -14,7 +14,7 @@ use gateway_protocol::{
     Channel, ClientFrame, CloseCode, DisconnectReason, Encoding, ErrorBody, ErrorCode, Namespace, PrincipalKind,
     ServerFrame, now_ms,
 };
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
 use super::{
     admission::Admission,
@@ -98,13 +98,17 @@ where
     metrics::histogram!(telemetry::HANDSHAKE_SECONDS).record(began.elapsed().as_secs_f64());
 
     let mut outbox = outbox;
-    let peer_gone =
+    let ended =
         tokio::join!(write_loop(&mut sink, &mut outbox, &handle), read_loop(&mut stream, &mut session, &node)).1;
 
     let close = handle.close_requested().unwrap_or(Close::bare(CloseCode::Normal));
-    if !peer_gone {
-        let wait = if close.code == CloseCode::SlowConsumer { SLOW_CLOSE_TIMEOUT } else { CLOSE_TIMEOUT };
-        let _ = tokio::time::timeout(wait, send_close(&mut sink, start.encoding, close)).await;
+    match ended {
+        ReadEnd::Server => {
+            let wait = if close.code == CloseCode::SlowConsumer { SLOW_CLOSE_TIMEOUT } else { CLOSE_TIMEOUT };
+            let _ = tokio::time::timeout(wait, send_close(&mut sink, start.encoding, close)).await;
+        }
+        ReadEnd::PeerClosed => answer_close(&mut sink).await,
+        ReadEnd::PeerGone => {}
     }
     metrics::counter!(telemetry::CLOSES, "reason" => close.code.reason()).increment(1);
     // Frames still queued are dropped with the connection; give back their bytes.
@@ -112,6 +116,24 @@ where
         handle.sent(&m);
     }
     session.finish().await;
+}
+
+/// How the reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// The server asked for the close: send the notice and the close frame.
+    Server,
+    /// The peer sent a close frame: answer it to complete the closing handshake.
+    PeerClosed,
+    /// The peer is gone (EOF, socket error, no pong): nothing can be sent.
+    PeerGone,
+}
+
+/// Completes a closing handshake the peer started. The WebSocket layer queues the echo
+/// of the peer's close frame when it reads it; closing the sink writes it out. Without
+/// this the socket would just drop, and browsers report 1006 instead of a clean close.
+async fn answer_close<W: Sink<Message> + Unpin>(sink: &mut W) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
 }
 
 /// Sends the `disconnecting` notice (if any) and the close frame.
@@ -158,9 +180,8 @@ async fn write_loop<W: Sink<Message> + Unpin>(sink: &mut W, outbox: &mut Outbox,
     }
 }
 
-/// Reads frames, keeps the heartbeat and the token expiry, until a close. Returns true
-/// when the peer is gone (no close frame can or need be sent).
-async fn read_loop<R, E>(stream: &mut R, session: &mut Session, node: &Node) -> bool
+/// Reads frames, keeps the heartbeat and the token expiry, until a close.
+async fn read_loop<R, E>(stream: &mut R, session: &mut Session, node: &Node) -> ReadEnd
 where
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
@@ -176,7 +197,7 @@ where
     loop {
         let flow = tokio::select! {
             biased;
-            _ = handle.closed() => return false,
+            _ = handle.closed() => return ReadEnd::Server,
             _ = node.shutdown.stopped() => {
                 Flow::Close(Close::with_notice(CloseCode::GoingAway, DisconnectReason::Shutdown, true))
             }
@@ -186,14 +207,18 @@ where
                 Some(Ok(Message::Pong(_))) => { pong_due = None; Flow::Continue }
                 // Pings are answered by the WebSocket layer itself.
                 Some(Ok(Message::Ping(_))) => Flow::Continue,
-                Some(Ok(Message::Close(_))) | None => {
+                Some(Ok(Message::Close(_))) => {
                     handle.close(Close::bare(CloseCode::Normal));
-                    return true;
+                    return ReadEnd::PeerClosed;
+                }
+                None => {
+                    handle.close(Close::bare(CloseCode::Normal));
+                    return ReadEnd::PeerGone;
                 }
                 Some(Err(e)) if too_big(&e) => Flow::Close(Close::bare(CloseCode::TooBig)),
                 Some(Err(_)) => {
                     handle.close(Close::bare(CloseCode::Normal));
-                    return true;
+                    return ReadEnd::PeerGone;
                 }
             },
             _ = sleep_until(next_ping) => {
@@ -210,7 +235,7 @@ where
             _ = async { match pong_due { Some(t) => sleep_until(t).await, None => std::future::pending().await } } => {
                 metrics::counter!(telemetry::CLOSES, "reason" => "heartbeat_timeout").increment(1);
                 handle.close(Close::bare(CloseCode::GoingAway));
-                return true;
+                return ReadEnd::PeerGone;
             }
             _ = sleep_until(expires) => {
                 Flow::Close(Close::with_notice(CloseCode::TokenExpired, DisconnectReason::TokenExpired, true))
@@ -220,7 +245,7 @@ where
             Flow::Continue => expires = expiry_at(session),
             Flow::Close(close) => {
                 handle.close(close);
-                return false;
+                return ReadEnd::Server;
             }
         }
     }
@@ -254,15 +279,17 @@ where
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let deadline = sleep(ms(node.cfg.auth.auth_timeout_ms));
-    tokio::pin!(deadline);
+    // The deadline bounds the whole phase, writes included: a client that floods pings
+    // and never reads must not park this task in a blocked write past its timeout.
+    let deadline = Instant::now() + ms(node.cfg.auth.auth_timeout_ms);
+    let timed_out = || {
+        metrics::counter!(telemetry::AUTH_FAILURES, "reason" => "timeout", "carrier" => "in_band").increment(1);
+        Err(Some(Close::bare(CloseCode::Unauthorized)))
+    };
     let mut errors = 0u32;
     loop {
         let msg = tokio::select! {
-            _ = &mut deadline => {
-                metrics::counter!(telemetry::AUTH_FAILURES, "reason" => "timeout", "carrier" => "in_band").increment(1);
-                return Err(Some(Close::bare(CloseCode::Unauthorized)));
-            }
+            _ = sleep_until(deadline) => return timed_out(),
             _ = node.shutdown.draining() => return Err(Some(Close::with_notice(CloseCode::GoingAway, DisconnectReason::Shutdown, true))),
             m = stream.next() => m,
         };
@@ -271,47 +298,68 @@ where
             Some(Ok(Message::Binary(b))) => (b, true),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Err(e)) if too_big(&e) => return Err(Some(Close::bare(CloseCode::TooBig))),
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(None),
+            Some(Ok(Message::Close(_))) => {
+                answer_close(sink).await;
+                return Err(None);
+            }
+            Some(Err(_)) | None => return Err(None),
         };
-        let reply = |frame: ServerFrame| to_message(encoding, &frame);
-        let outcome: Result<(), ErrorBody> = match encoding.decode(&payload, binary) {
-            Ok(ClientFrame::Authenticate { token }) => match node.auth.authenticate(&token).await {
-                Ok(identity) => match Admission::take(node, connection_id.clone(), &identity.principal).await {
-                    Ok(admission) => return Ok((identity, admission)),
-                    Err(e) => Err(e),
-                },
-                Err(e) => {
-                    metrics::counter!(telemetry::AUTH_FAILURES, "reason" => "invalid", "carrier" => "in_band")
-                        .increment(1);
-                    Err(ErrorBody::from(&e))
-                }
-            },
-            Ok(ClientFrame::Ping) => {
-                let _ = sink.send(reply(ServerFrame::Pong { ts: now_ms() })).await;
-                continue;
-            }
-            Ok(_) => {
-                errors += 1;
-                let e = ErrorBody::new(ErrorCode::Unauthorized, "authenticate first");
-                if errors >= node.cfg.limits.max_protocol_errors {
-                    return Err(Some(Close::bare(CloseCode::Unauthorized)));
-                }
-                let _ = sink.send(reply(ServerFrame::Error { error: e })).await;
-                continue;
-            }
-            Err(e) => {
-                errors += 1;
-                if errors >= node.cfg.limits.max_protocol_errors {
-                    return Err(Some(Close::bare(CloseCode::ProtocolErrors)));
-                }
-                let _ = sink.send(reply(ServerFrame::Error { error: (&e).into() })).await;
-                continue;
-            }
-        };
-        if let Err(e) = outcome {
-            let close = Close::bare(error::close_code(e.code));
-            let _ = sink.send(reply(ServerFrame::Error { error: e })).await;
-            return Err(Some(close));
+        let step = in_band_frame(sink, node, encoding, connection_id, &payload, binary, &mut errors);
+        match tokio::time::timeout_at(deadline, step).await {
+            Ok(Some(end)) => return end,
+            Ok(None) => {}
+            Err(_) => return timed_out(),
         }
     }
+}
+
+/// One frame of the in-band phase. `Some` ends the phase (authenticated, or how to
+/// close); `None` waits for the next frame.
+async fn in_band_frame<W: Sink<Message> + Unpin>(
+    sink: &mut W,
+    node: &Arc<Node>,
+    encoding: Encoding,
+    connection_id: &Arc<str>,
+    payload: &[u8],
+    binary: bool,
+    errors: &mut u32,
+) -> Option<Result<(Identity, Admission), Option<Close>>> {
+    let reply = |frame: ServerFrame| to_message(encoding, &frame);
+    let outcome: Result<(), ErrorBody> = match encoding.decode(payload, binary) {
+        Ok(ClientFrame::Authenticate { token }) => match node.auth.authenticate(&token).await {
+            Ok(identity) => match Admission::take(node, connection_id.clone(), &identity.principal).await {
+                Ok(admission) => return Some(Ok((identity, admission))),
+                Err(e) => Err(e),
+            },
+            Err(e) => {
+                metrics::counter!(telemetry::AUTH_FAILURES, "reason" => "invalid", "carrier" => "in_band").increment(1);
+                Err(ErrorBody::from(&e))
+            }
+        },
+        Ok(ClientFrame::Ping) => {
+            let _ = sink.send(reply(ServerFrame::Pong { ts: now_ms() })).await;
+            return None;
+        }
+        Ok(_) => {
+            *errors += 1;
+            if *errors >= node.cfg.limits.max_protocol_errors {
+                return Some(Err(Some(Close::bare(CloseCode::Unauthorized))));
+            }
+            let e = ErrorBody::new(ErrorCode::Unauthorized, "authenticate first");
+            let _ = sink.send(reply(ServerFrame::Error { error: e })).await;
+            return None;
+        }
+        Err(e) => {
+            *errors += 1;
+            if *errors >= node.cfg.limits.max_protocol_errors {
+                return Some(Err(Some(Close::bare(CloseCode::ProtocolErrors))));
+            }
+            let _ = sink.send(reply(ServerFrame::Error { error: (&e).into() })).await;
+            return None;
+        }
+    };
+    let e = outcome.err()?;
+    let close = Close::bare(error::close_code(e.code));
+    let _ = sink.send(reply(ServerFrame::Error { error: e })).await;
+    Some(Err(Some(close)))
 }
