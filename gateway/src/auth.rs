@@ -139,6 +139,10 @@ struct VerifiedClaims {
     projects: Vec<String>,
     #[serde(default)]
     roles: Vec<String>,
+    /// Present only in channel tokens, which share the secret: such a token must never
+    /// log a user in.
+    #[serde(default)]
+    channel: Option<serde::de::IgnoredAny>,
 }
 
 /// Channel token claims: permission to join one channel.
@@ -252,6 +256,9 @@ impl Authenticator {
         // list (RFC 7519 §4.1.3); they are not read into a struct that wants one string.
         let data = jsonwebtoken::decode::<VerifiedClaims>(token, key, validation).map_err(jwt_error)?;
         let c = data.claims;
+        if c.channel.is_some() {
+            return Err(AuthError::Invalid("a channel token is not a user token"));
+        }
         // The user is always subscribed to `user:<sub>`, so `sub` must be a channel id;
         // otherwise the user channel silently would not exist.
         if !gateway_protocol::channel::valid_id(&c.sub) {
@@ -451,6 +458,13 @@ mod tests {
             b64.encode(format!(r#"{{"sub":"u1","exp":{}}}"#, now_ms() / 1000 + 60))
         );
         assert!(matches!(a.authenticate(&none).await, Err(AuthError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn a_channel_token_does_not_log_in() {
+        let a = auth();
+        let t = mint_channel_token("secret-secret-secret", "session:s1", Some("u1"), Duration::from_secs(60)).unwrap();
+        assert_eq!(a.authenticate(&t).await, Err(AuthError::Invalid("a channel token is not a user token")));
     }
 
     #[test]

@@ -50,15 +50,17 @@ fn refuse(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> 
     ApiError::new(code, message)
 }
 
-/// Releases the per-IP count when the connection (or a refused handshake) ends.
-struct IpClaim {
+/// A socket's place in the node-wide and per-IP counts, released when the connection
+/// (or a handshake refused after claiming) ends.
+struct Claim {
     node: Arc<Node>,
     ip: std::net::IpAddr,
 }
 
-impl Drop for IpClaim {
+impl Drop for Claim {
     fn drop(&mut self) {
         self.node.release_ip(self.ip);
+        self.node.release_slot();
     }
 }
 
@@ -122,14 +124,17 @@ async fn upgrade(
         return Err(refuse(ErrorCode::Forbidden, "origin", format!("origin {origin} is not allowed")));
     }
     let (encoding, by_subprotocol) = negotiate(&headers, &q)?;
-    if node.hub.stats().connections >= node.cfg.limits.max_connections {
+    // Counted from here, not from registration, so concurrent handshakes and sockets
+    // still authenticating cannot overshoot the limit.
+    if !node.claim_slot() {
         return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
     }
     let ip = peer.ip();
     if !node.claim_ip(ip) {
+        node.release_slot();
         return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
     }
-    let claim = IpClaim { node: node.clone(), ip };
+    let claim = Claim { node: node.clone(), ip };
     let connection_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
     let authenticated = match credential(&headers, &q) {
         None => None,

@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -49,6 +49,8 @@ pub struct Node {
     next_conn: AtomicU64,
     /// Open connections per client IP (the per-IP limit).
     per_ip: DashMap<IpAddr, u32>,
+    /// Sockets accepted or being accepted (the node-wide limit).
+    slots: AtomicUsize,
 }
 
 impl Node {
@@ -74,6 +76,7 @@ impl Node {
             tasks,
             next_conn: AtomicU64::new(1),
             per_ip: DashMap::new(),
+            slots: AtomicUsize::new(0),
         }
     }
 
@@ -85,6 +88,20 @@ impl Node {
     /// A fresh node-local connection number.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a node-wide connection slot; false when the node is full.
+    pub fn claim_slot(&self) -> bool {
+        if self.slots.fetch_add(1, Ordering::AcqRel) >= self.cfg.limits.max_connections {
+            self.slots.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Gives a slot back.
+    pub fn release_slot(&self) {
+        self.slots.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Counts a connection from `ip`; false when the IP is at its limit.

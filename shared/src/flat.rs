@@ -85,15 +85,15 @@ pub fn encode(frame: &ServerFrame) -> Vec<u8> {
         ServerFrame::Pong { ts } => FlatOut::plain("pong", json!({ "timestamp": ts })),
         ServerFrame::Ack { id } => FlatOut::plain("ack", json!({ "messageId": id })),
         ServerFrame::Error { error } => FlatOut::plain("error", json!(error)),
-        ServerFrame::Response { id, result, error } => {
-            let mut p = json!({ "id": id });
-            if let Some(r) = result {
-                p["result"] = r.clone();
-            }
-            if let Some(e) = error {
-                p["error"] = json!(e);
-            }
-            FlatOut::plain("response", p)
+        // A failure answering a frame with an id (a `send` with `messageId`) is the
+        // flat `error`, naming that id.
+        ServerFrame::Response { id, error: Some(e), .. } => {
+            let mut p = json!(e);
+            p["messageId"] = json!(id);
+            FlatOut::plain("error", p)
+        }
+        ServerFrame::Response { id, result, error: None } => {
+            FlatOut::plain("response", json!({ "id": id, "result": result }))
         }
         ServerFrame::Disconnecting { reason, reconnect } => {
             FlatOut::plain("disconnecting", json!({ "reason": reason, "reconnect": reconnect }))

@@ -38,7 +38,7 @@ fn server_frames() -> Vec<(ServerFrame, &'static str, &'static str)> {
         (
             ServerFrame::err("r1", ErrorBody::new(ErrorCode::Unavailable, "no backend")),
             r#"{"type":"response","id":"r1","error":{"code":"unavailable","message":"no backend"}}"#,
-            r#"{"type":"response","payload":{"id":"r1","error":{"code":"unavailable","message":"no backend"}}}"#,
+            r#"{"type":"error","payload":{"code":"unavailable","message":"no backend","messageId":"r1"}}"#,
         ),
         (
             event(),
