@@ -1,0 +1,177 @@
+//! The parent ⇄ worker protocol: one JSON object per line, commands on the worker's
+//! stdin, events on its stdout. Histograms travel as `(value, count)` pairs.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Which connections a worker opens and what they join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectSpec {
+    /// `ws://host:port/ws` of every target node; connection `i` goes to `targets[i % len]`.
+    pub targets: Vec<String>,
+    /// HS256 secret to mint user tokens with.
+    pub secret: String,
+    /// User ids are `<user_prefix><global index>`.
+    pub user_prefix: String,
+    /// Global index of this worker's first connection.
+    pub first: u64,
+    /// How many connections this worker opens.
+    pub count: u64,
+    /// Source addresses, connection `i` binds `src_ips[i % len]`.
+    pub src_ips: Vec<Ipv4Addr>,
+    /// Shared channels; connection `i` joins `channels[i % len]` (besides its user channel).
+    pub channels: Vec<String>,
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+    /// Bound of one handshake (TCP + upgrade + `connected` + subscribe).
+    pub timeout_ms: u64,
+}
+
+/// A churn run: cycles of connect → subscribe → close.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChurnSpec {
+    /// As in [`ConnectSpec`].
+    pub targets: Vec<String>,
+    /// HS256 secret.
+    pub secret: String,
+    /// User ids are `<user_prefix><slot>` (one user per concurrency slot).
+    pub user_prefix: String,
+    /// Global index of this worker's first cycle.
+    pub first: u64,
+    /// Cycles this worker runs.
+    pub count: u64,
+    /// Source addresses.
+    pub src_ips: Vec<Ipv4Addr>,
+    /// The channel each cycle joins.
+    pub channel: String,
+    /// Cycles in flight at once.
+    pub concurrency: usize,
+    /// Bound of one cycle.
+    pub timeout_ms: u64,
+    /// Bound of the whole run.
+    pub deadline_ms: u64,
+}
+
+/// Parent → worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Cmd {
+    /// Open and hold connections.
+    Connect(ConnectSpec),
+    /// Start counting events of `phase` (snapshot of open connections per channel).
+    Measure {
+        /// Phase number carried in every event's data.
+        phase: u64,
+    },
+    /// Report the current phase; `events[c]` = events published to channel `c` so far.
+    Report {
+        /// Events published per shared channel in this phase.
+        events: Vec<u64>,
+    },
+    /// Run churn cycles.
+    Churn(ChurnSpec),
+    /// Close every connection and exit.
+    Close,
+}
+
+/// Worker → parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Ev {
+    /// Handshakes (or cycles) done so far.
+    Progress {
+        /// Succeeded.
+        done: u64,
+        /// Failed.
+        failed: u64,
+    },
+    /// The connect phase ended.
+    Connected {
+        /// Connections open and subscribed.
+        ok: u64,
+        /// Connections that failed, by reason in `errors`.
+        failed: u64,
+        /// Failure reason → count.
+        errors: BTreeMap<String, u64>,
+        /// TCP connect start → `connected` frame, µs.
+        handshake: Vec<(u64, u64)>,
+        /// TCP connect start → subscribe response, µs.
+        ready: Vec<(u64, u64)>,
+        /// Wall time of the connect phase.
+        elapsed_ms: u64,
+    },
+    /// A command was applied.
+    Ack,
+    /// Counts of the current phase.
+    Report {
+        /// Phase reported.
+        phase: u64,
+        /// Events of this phase received.
+        received: u64,
+        /// Events of this phase expected (connections open at phase start × events on their channel).
+        expected: u64,
+        /// Events of other phases received during this one.
+        stale: u64,
+        /// Connections open now.
+        open: u64,
+        /// Connections lost since the connect phase (closed by the server or failed).
+        lost: u64,
+        /// Close code (or `eof`/`error`) → count, since the connect phase.
+        close_codes: BTreeMap<String, u64>,
+        /// Publish → receive latency of this phase, µs.
+        latency: Vec<(u64, u64)>,
+        /// When the phase's first event arrived (µs since the epoch; 0 = none).
+        first_us: u64,
+        /// When the phase's last event arrived (µs since the epoch; 0 = none).
+        last_us: u64,
+    },
+    /// A churn run ended.
+    ChurnDone {
+        /// Cycles that completed.
+        ok: u64,
+        /// Cycles that failed.
+        failed: u64,
+        /// Failure reason → count.
+        errors: BTreeMap<String, u64>,
+        /// TCP connect start → `connected`, µs.
+        handshake: Vec<(u64, u64)>,
+        /// Wall time.
+        elapsed_ms: u64,
+    },
+    /// Connections closed; the worker exits.
+    Closed {
+        /// How many were closed.
+        closed: u64,
+    },
+    /// A command failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A latency histogram in µs, 1 µs .. 120 s, 3 significant digits.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A histogram as `(value, count)` pairs.
+pub fn hist_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+}
+
+/// Adds `(value, count)` pairs into `h`.
+pub fn hist_add(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
+    for &(v, c) in pairs {
+        let _ = h.record_n(v.max(1), c);
+    }
+}
+
+/// Adds `b` into `a` (reason → count maps).
+pub fn merge_counts(a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>) {
+    for (k, v) in b {
+        *a.entry(k.clone()).or_default() += v;
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the four load scenarios of issue 4 at the issue's sizes against freshly started
+# release nodes (and NATS + Redis where needed), printing each table and its
+# `BENCH_JSON {…}` line:
+#   idle     15,000 authenticated, subscribed connections on one node   (RSS/conn <= 8 KiB)
+#   fanout   10,000 subscribers x 20 events/s on one node, then --find-max
+#            (>= 99% delivered, p99 <= 50 ms)
+#   cluster  3 nodes x 3,000 subscribers, 20,000 deliveries/s           (p50 <= 1 ms, p99 <= 5 ms)
+#   churn    100,000 connect/subscribe/disconnect cycles               (RSS within 5%, tables empty)
+#
+# Needs nats-server and redis-server on PATH (scripts/install-deps.sh).
+# Usage: scripts/bench.sh [scenario ...]     (default: all four)
+# Env:   BENCH_ARGS   extra arguments for every run (e.g. "--duration 5")
+#        BENCH_OUT    file to append all output to (default: none)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release -p gateway -p gateway-bench
+BENCH=target/release/gateway-bench
+
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-max cluster churn)
+
+run() {
+  echo
+  echo "### gateway-bench $*"
+  # shellcheck disable=SC2086
+  if [ -n "${BENCH_OUT:-}" ]; then
+    "$BENCH" "$@" ${BENCH_ARGS:-} 2>&1 | tee -a "$BENCH_OUT"
+  else
+    "$BENCH" "$@" ${BENCH_ARGS:-}
+  fi
+}
+
+status=0
+for s in "${scenarios[@]}"; do
+  case "$s" in
+    idle)       run idle --n 15000 || status=1 ;;
+    fanout)     run fanout --n 10000 --rate 20 --duration 10 || status=1 ;;
+    fanout-max) run fanout --n 10000 --rate 20 --duration 10 --find-max || status=1 ;;
+    cluster)    run cluster --nodes 3 --n 9000 --deliveries 20000 --duration 10 || status=1 ;;
+    churn)      run churn --cycles 100000 || status=1 ;;
+    *) echo "unknown scenario: $s (idle|fanout|fanout-max|cluster|churn)" >&2; status=2 ;;
+  esac
+done
+exit $status
