@@ -4,7 +4,7 @@
 # same deploy/nginx/nginx.conf as docker compose. Everything runs as the current
 # user on 127.0.0.1 with free ports, all state in one temp dir.
 #
-# Usage: deploy/local-cluster.sh [--foreground] [--workdir DIR] [--nodes N]
+# Usage: deploy/local-cluster.sh [--foreground] [--workdir DIR] [--nodes N] [--watch-pid PID]
 #
 #   default       start, wait until every node and the LB answer /ready, print
 #                 KEY=value lines to stdout, write them to $WORKDIR/env (atomically:
@@ -16,6 +16,9 @@
 #                 $WORKDIR/env will appear before starting (removed on exit if this
 #                 script created it; otherwise only the files it made there are).
 #   --nodes N     number of gateway nodes (default 3).
+#   --watch-pid PID  stop everything once process PID is gone (a test harness passes
+#                 its own pid, so a harness killed before its cleanup leaves nothing
+#                 running; checked every second once ready).
 #
 # Environment:
 #   GATEWAY_BIN         gateway binary (default: target/release/gateway in the repo;
@@ -38,6 +41,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 FOREGROUND=0
 WORKDIR_ARG=""
 NODES=3
+WATCH_PID=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --foreground) FOREGROUND=1 ;;
@@ -45,12 +49,15 @@ while [ $# -gt 0 ]; do
     --workdir=*) WORKDIR_ARG="${1#*=}" ;;
     --nodes) NODES="${2:?--nodes needs a number}"; shift ;;
     --nodes=*) NODES="${1#*=}" ;;
+    --watch-pid) WATCH_PID="${2:?--watch-pid needs a process id}"; shift ;;
+    --watch-pid=*) WATCH_PID="${1#*=}" ;;
     -h|--help) usage; exit 0 ;;
     *) echo "local-cluster: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 case "$NODES" in ''|*[!0-9]*|0) echo "local-cluster: --nodes must be a positive integer" >&2; exit 2 ;; esac
+case "$WATCH_PID" in *[!0-9]*) echo "local-cluster: --watch-pid must be a process id" >&2; exit 2 ;; esac
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
@@ -200,8 +207,9 @@ s=socket.create_connection(("127.0.0.1",int(sys.argv[1])),1); s.sendall(b"PING\r
 sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)' "$REDIS_PORT"
   fi
 }
+# Every probe targets 127.0.0.1: --noproxy keeps an http_proxy in the environment out.
 wait_until nats-server "$NATS_PID" "$WORKDIR/logs/nats.log" \
-  curl -fsS --max-time 2 "http://127.0.0.1:$NATS_MON_PORT/healthz"
+  curl -fsS --noproxy '*' --max-time 2 "http://127.0.0.1:$NATS_MON_PORT/healthz"
 wait_until redis-server "$REDIS_PID" "$WORKDIR/logs/redis.log" redis_ping
 
 # --- gateway nodes -----------------------------------------------------------
@@ -221,7 +229,7 @@ for (( i=1; i<=NODES; i++ )); do
 done
 for (( i=1; i<=NODES; i++ )); do
   wait_until "gateway gw$i" "${GW_PIDS[$(( i - 1 ))]}" "$WORKDIR/logs/gw$i.log" \
-    curl -fsS --max-time 2 "http://127.0.0.1:${GW_PORTS[$(( i - 1 ))]}/ready"
+    curl -fsS --noproxy '*' --max-time 2 "http://127.0.0.1:${GW_PORTS[$(( i - 1 ))]}/ready"
 done
 
 # --- nginx (the shared conf, with generated includes beside it) ---------------
@@ -244,7 +252,7 @@ fi
 "$NGINX" "${NGINX_ARGS[@]}" -g 'daemon off;' >"$WORKDIR/logs/nginx.log" 2>&1 </dev/null &
 NGINX_PID=$!; PIDS+=("$NGINX_PID")
 wait_until nginx "$NGINX_PID" "$WORKDIR/logs/nginx.log" \
-  curl -fsS --max-time 2 "http://127.0.0.1:$LB_PORT/ready"
+  curl -fsS --noproxy '*' --max-time 2 "http://127.0.0.1:$LB_PORT/ready"
 
 # --- report ------------------------------------------------------------------
 {
@@ -280,10 +288,13 @@ if [ "$FOREGROUND" -eq 1 ]; then
   tail -n 0 -F "$WORKDIR"/logs/gw*.log "$WORKDIR/logs/nginx.log" >&2 &
   PIDS+=("$!")
 fi
-# Exit when NATS, Redis or nginx dies. Gateway nodes are not watched: a test may
-# stop one on purpose (kill -TERM "$GW2_PID" to watch a drain) and go on.
-# `sleep & wait` keeps the traps responsive to signals.
+# Exit when NATS, Redis or nginx dies, or the --watch-pid process. Gateway nodes are
+# not watched: a test may stop one on purpose (kill -TERM "$GW2_PID" to watch a drain)
+# and go on. `sleep & wait` keeps the traps responsive to signals.
 while :; do
+  if [ -n "$WATCH_PID" ] && ! kill -0 "$WATCH_PID" 2>/dev/null; then
+    echo "local-cluster: watched process $WATCH_PID is gone; stopping" >&2; exit 0
+  fi
   for pid in "$NATS_PID" "$REDIS_PID" "$NGINX_PID"; do
     kill -0 "$pid" 2>/dev/null || { echo "local-cluster: process $pid exited; stopping" >&2; exit 1; }
   done

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Tests talk only to loopback; never through a proxy set in the environment.
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
 # One build for everything (the tests start the gateway binary as a child process too).
 cargo build --workspace --all-targets --locked
 
