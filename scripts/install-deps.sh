@@ -18,7 +18,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # The Debian packages start system services; the tests start their own servers on
   # free ports, so the system ones are not needed (ignore failures: no init here).
-  for svc in redis-server nats-server nginx; do
+  # Only the services of packages installed just now: a developer's own running
+  # Redis or nginx is left alone.
+  for pkg in "${need_apt[@]}"; do
+    svc="$pkg"
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
     $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done
@@ -31,7 +34,14 @@ python3 -c 'import helm_python' >/dev/null 2>&1 || command -v helm >/dev/null 2>
 python3 -c 'import kubernetes_validate' >/dev/null 2>&1 || py_missing+=(kubernetes-validate)
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "install-deps: pip install ${py_missing[*]}"
-  python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}"
+  command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || {
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+  }
+  # Debian's system Python refuses plain pip installs (PEP 668); these two wheels are
+  # self-contained, so fall back to installing them anyway.
+  python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_missing[@]}"
 fi
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest

@@ -1,17 +1,17 @@
 //! Who may join which channel (contract §3) and who may publish where.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dashmap::DashMap;
 use gateway_protocol::{Channel, ErrorBody, ErrorCode, Namespace, Principal, PrincipalKind};
 
 use crate::{
     auth::{Authenticator, Identity},
+    cache::TtlCache,
     bus::Bus,
     config::{ChannelsConfig, SessionPolicy},
 };
 
-/// Largest number of cached proxy answers; cleared when exceeded.
+/// Most cached proxy answers.
 const PROXY_CACHE_MAX: usize = 50_000;
 
 /// Why a subscribe was refused.
@@ -39,14 +39,15 @@ impl From<&AccessError> for ErrorBody {
 pub struct Access {
     /// Channel policies from configuration.
     cfg: ChannelsConfig,
-    /// (principal, channel) → (allowed, when asked).
-    proxy_cache: DashMap<(Principal, Channel), (bool, Instant)>,
+    /// (principal, channel) → allowed, for `proxy_cache_ms`.
+    proxy_cache: TtlCache<(Principal, Channel), bool>,
 }
 
 impl Access {
     /// Checks from the given policies.
     pub fn new(cfg: ChannelsConfig) -> Self {
-        Access { cfg, proxy_cache: DashMap::new() }
+        let proxy_cache = TtlCache::new(Duration::from_millis(cfg.proxy_cache_ms), PROXY_CACHE_MAX);
+        Access { cfg, proxy_cache }
     }
 
     /// Whether `who` may subscribe to `ch`; `token` is a channel token from the frame.
@@ -90,19 +91,14 @@ impl Access {
         timeout: Duration,
     ) -> Result<(), AccessError> {
         let key = (p.clone(), ch.clone());
-        let ttl = Duration::from_millis(self.cfg.proxy_cache_ms);
-        let cached = self.proxy_cache.get(&key).filter(|e| e.1.elapsed() < ttl).map(|e| e.0);
-        let allowed = match cached {
+        let allowed = match self.proxy_cache.get(&key) {
             Some(a) => a,
             None => {
                 let a = bus.authorize_subscribe(p, ch, timeout).await.map_err(|e| {
                     tracing::warn!(error = %e, channel = %ch, "subscribe proxy failed");
                     AccessError::Unavailable
                 })?;
-                if self.proxy_cache.len() >= PROXY_CACHE_MAX {
-                    self.proxy_cache.clear();
-                }
-                self.proxy_cache.insert(key, (a, Instant::now()));
+                self.proxy_cache.insert(key, a);
                 a
             }
         };

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::{cache::TtlCache, config::Config};
 
 /// Why credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,6 +155,9 @@ pub struct ChannelClaims {
     /// When set, only this user or agent id may use the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// The kind of `sub`; absent means a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<PrincipalKind>,
 }
 
 /// Checks credentials. Built once per node; cheap to share.
@@ -167,13 +170,13 @@ pub struct Authenticator {
     static_keys: HashMap<String, String>,
     /// Dynamic agent keys (Redis), with a short cache in front.
     store: Option<Arc<dyn KeyStore>>,
-    /// Cache of store lookups: hash → (record, fetched at ms).
-    cache: dashmap::DashMap<String, (Option<AgentKey>, u64)>,
-    /// How long a cached lookup is trusted.
-    cache_ms: u64,
+    /// Known keys from the store: hash → record.
+    known: TtlCache<String, AgentKey>,
+    /// Unknown keys, kept apart so guessing keys cannot crowd out the known ones.
+    unknown: TtlCache<String, ()>,
 }
 
-/// Largest number of cached key lookups; the cache is cleared when it grows past this.
+/// Most key lookups cached, of each kind (known, unknown).
 const KEY_CACHE_MAX: usize = 10_000;
 
 impl Authenticator {
@@ -236,8 +239,8 @@ impl Authenticator {
             channel_key,
             static_keys,
             store,
-            cache: dashmap::DashMap::new(),
-            cache_ms: cfg.auth.key_cache_ms,
+            known: TtlCache::new(Duration::from_millis(cfg.auth.key_cache_ms), KEY_CACHE_MAX),
+            unknown: TtlCache::new(Duration::from_millis(cfg.auth.key_cache_ms), KEY_CACHE_MAX),
         })
     }
 
@@ -279,32 +282,35 @@ impl Authenticator {
             return Ok(agent_identity(agent.clone(), vec!["*".into()]));
         }
         let store = self.store.as_ref().ok_or(AuthError::Invalid("unknown API key"))?;
-        let now = now_ms();
-        let cached = self.cache.get(&hash).filter(|e| now.saturating_sub(e.1) < self.cache_ms).map(|e| e.0.clone());
-        let record = match cached {
-            Some(r) => r,
-            None => {
-                let r = store.lookup(&hash).await.map_err(|e| {
-                    tracing::warn!(error = %e, "API key lookup failed");
-                    AuthError::Unavailable
-                })?;
-                if self.cache.len() >= KEY_CACHE_MAX {
-                    self.cache.clear();
-                }
-                self.cache.insert(hash, (r.clone(), now));
-                r
+        let record = if self.unknown.get(&hash).is_some() {
+            None
+        } else if let Some(r) = self.known.get(&hash) {
+            Some(r)
+        } else {
+            let r = store.lookup(&hash).await.map_err(|e| {
+                tracing::warn!(error = %e, "API key lookup failed");
+                AuthError::Unavailable
+            })?;
+            match &r {
+                Some(rec) => self.known.insert(hash, rec.clone()),
+                None => self.unknown.insert(hash, ()),
             }
+            r
         };
         match record {
             None => Err(AuthError::Invalid("unknown API key")),
             Some(r) if r.revoked => Err(AuthError::Revoked),
+            Some(r) if !gateway_protocol::channel::valid_id(&r.agent_id) => {
+                Err(AuthError::Invalid("key record names an invalid agent id"))
+            }
             Some(r) => Ok(agent_identity(r.agent_id, r.projects)),
         }
     }
 
     /// Forgets cached key lookups (after a revocation).
     pub fn forget_keys(&self) {
-        self.cache.clear();
+        self.known.clear();
+        self.unknown.clear();
     }
 
     /// Verifies a channel token for `channel`, used by `principal`.
@@ -314,7 +320,10 @@ impl Authenticator {
         if c.channel != channel.as_str() {
             return Err(AuthError::Invalid("channel token is for another channel"));
         }
-        if c.sub.as_ref().is_some_and(|s| *s != principal.id) {
+        // A token naming a principal binds its kind too (a user unless it says agent),
+        // so a token for user `bot1` does not admit agent `bot1`.
+        let kind = c.kind.unwrap_or(PrincipalKind::User);
+        if c.sub.as_ref().is_some_and(|s| *s != principal.id || kind != principal.kind) {
             return Err(AuthError::Invalid("channel token is for another principal"));
         }
         Ok(())
@@ -395,7 +404,7 @@ pub fn mint_channel_token(
     ttl: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     let claims =
-        ChannelClaims { channel: channel.into(), exp: now_ms() / 1000 + ttl.as_secs(), sub: sub.map(String::from) };
+        ChannelClaims { channel: channel.into(), exp: now_ms() / 1000 + ttl.as_secs(), sub: sub.map(String::from), kind: None };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
 
@@ -478,5 +487,7 @@ mod tests {
         assert!(a.verify_channel_token(&t, &other, &me).is_err());
         let you = Principal { kind: PrincipalKind::User, id: "u2".into() };
         assert!(a.verify_channel_token(&t, &ch, &you).is_err());
+        let agent_namesake = Principal { kind: PrincipalKind::Agent, id: "u1".into() };
+        assert!(a.verify_channel_token(&t, &ch, &agent_namesake).is_err());
     }
 }

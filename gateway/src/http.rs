@@ -9,7 +9,11 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, Query, State, WebSocketUpgrade},
+    extract::{
+        ConnectInfo, Query, State, WebSocketUpgrade,
+        rejection::QueryRejection,
+        ws::rejection::WebSocketUpgradeRejection,
+    },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -110,10 +114,13 @@ fn negotiate(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<(Encodi
 async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // Malformed requests get the same JSON error shape as every other refusal.
+    let Query(q) = query.map_err(|e| refuse(ErrorCode::BadRequest, "bad_request", e.body_text()))?;
+    let ws = ws.map_err(|e| refuse(ErrorCode::BadRequest, "not_websocket", e.body_text()))?;
     if node.shutdown.is_draining() {
         return Err(refuse(ErrorCode::Unavailable, "draining", "node is draining; reconnect"));
     }
@@ -146,7 +153,8 @@ async fn upgrade(
                 ApiError::from(&e)
             })?;
             let admission = Admission::take(&node, connection_id.clone(), &identity.principal).await.map_err(|e| {
-                metrics::counter!(telemetry::REFUSALS, "reason" => "limit").increment(1);
+                let reason = if e.code == ErrorCode::LimitExceeded { "limit" } else { "fabric" };
+                metrics::counter!(telemetry::REFUSALS, "reason" => reason).increment(1);
                 ApiError(e)
             })?;
             Some((identity, admission))
@@ -271,7 +279,7 @@ async fn publish(
     let b: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body must be {{channel, event, data}}: {e}")))?;
     let ch = Channel::parse(&b.channel).map_err(|e| ApiError::from(&e))?;
-    if b.event.is_empty() || b.event.len() > 128 {
+    if b.event.is_empty() || b.event.len() > crate::conn::session::MAX_NAME_LEN {
         return Err(ApiError::new(ErrorCode::BadRequest, "event must be 1-128 characters"));
     }
     let ev = node.new_event(ch, b.event, b.data);

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod auth;
 pub mod bus;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -180,7 +180,8 @@ impl Node {
         self.bus.health().is_up() && self.presence.health().is_up()
     }
 
-    /// Refreshes presence leases and announces leaves of expired members, until stopped.
+    /// Refreshes presence leases, announces leaves of expired members and re-syncs bus
+    /// interest, until stopped.
     pub async fn maintain_presence(self: Arc<Self>) {
         let mut tick = tokio::time::interval(ms(self.cfg.presence.refresh_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,8 +199,14 @@ impl Node {
                 }
                 Err(e) => tracing::warn!(error = %e, "presence maintenance failed"),
             }
-            for (component, up) in [("nats", self.bus.health().is_up()), ("redis", self.presence.health().is_up())] {
-                metrics::gauge!(telemetry::FABRIC_UP, "component" => component).set(if up { 1.0 } else { 0.0 });
+            // Repair bus interest that a failed sync or an ended subscription left
+            // wrong; with nothing to change this is a lookup per channel.
+            if self.bus.health().is_up() {
+                for ch in self.hub.channels() {
+                    if let Err(e) = self.bus.sync_interest(&ch).await {
+                        tracing::debug!(error = %e, channel = %ch, "interest re-sync failed");
+                    }
+                }
             }
         }
     }
@@ -233,9 +240,6 @@ impl Inbound for NodeInbound {
         self.hub.has_subscribers(ch)
     }
 
-    fn channels(&self) -> Vec<Channel> {
-        self.hub.channels()
-    }
 }
 
 /// How long to wait for presence when answering health checks.

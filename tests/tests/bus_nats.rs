@@ -69,9 +69,6 @@ impl Inbound for Recorder {
     fn has_subscribers(&self, ch: &Channel) -> bool {
         self.wanted.lock().map(|w| w.contains(ch)).unwrap_or(false)
     }
-    fn channels(&self) -> Vec<Channel> {
-        self.wanted.lock().map(|w| w.iter().cloned().collect()).unwrap_or_default()
-    }
 }
 
 /// A bus on `server` for node `node`, with its recorder and lifecycle handles.

@@ -106,8 +106,6 @@ pub trait Inbound: Send + Sync + 'static {
     fn control(&self, cmd: DisconnectCommand);
     /// Whether the node has a local subscriber for `ch` (the truth interest follows).
     fn has_subscribers(&self, ch: &Channel) -> bool;
-    /// Every channel with a local subscriber.
-    fn channels(&self) -> Vec<Channel>;
 }
 
 /// The operations a node needs from the fabric.

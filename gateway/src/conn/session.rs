@@ -25,7 +25,7 @@ use super::{
 use crate::{auth::Identity, bus::Origin, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
 
 /// Longest accepted event or method name.
-const MAX_NAME_LEN: usize = 128;
+pub const MAX_NAME_LEN: usize = 128;
 
 /// What the driver does after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
