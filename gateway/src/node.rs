@@ -199,6 +199,9 @@ impl Node {
                 }
                 Err(e) => tracing::warn!(error = %e, "presence maintenance failed"),
             }
+            for e in self.presence.take_rejoined() {
+                self.announce_presence(&e.channel, "presence.join", &e.member).await;
+            }
             // Repair bus interest that a failed sync or an ended subscription left
             // wrong; with nothing to change this is a lookup per channel.
             if self.bus.health().is_up() {
@@ -239,7 +242,6 @@ impl Inbound for NodeInbound {
     fn has_subscribers(&self, ch: &Channel) -> bool {
         self.hub.has_subscribers(ch)
     }
-
 }
 
 /// How long to wait for presence when answering health checks.

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
+use futures_util::{StreamExt, TryStreamExt};
 use gateway::{
     auth::{KeyStore, hash_key},
     config::Config,
@@ -228,6 +229,181 @@ async fn dead_node_leaves_are_reported_exactly_once() -> anyhow::Result<()> {
     c.deregister("n2").await?;
     let live: Vec<String> = b.nodes().await?.into_iter().map(|n| n.node).collect();
     ensure!(live == ["n1"], "after deregister {live:?}");
+    Ok(())
+}
+
+/// Presence announcements, as a node would publish them, per (channel, principal).
+#[derive(Default)]
+struct Ledger(std::collections::HashMap<(String, Principal), Vec<&'static str>>);
+
+impl Ledger {
+    fn note(&mut self, ch: &Channel, p: &Principal, event: &'static str, happened: bool) {
+        if happened {
+            self.0.entry((ch.as_str().to_owned(), p.clone())).or_default().push(event);
+        }
+    }
+
+    fn extend(&mut self, events: Vec<Expired>, event: &'static str) {
+        for e in events {
+            self.note(&e.channel, &e.member, event, true);
+        }
+    }
+
+    /// Every principal's announcements alternate join, leave, … and end with `last`.
+    fn check(&self, last: &str) -> anyhow::Result<()> {
+        for (key, events) in &self.0 {
+            let alternating = events.iter().enumerate().all(|(i, e)| *e == if i % 2 == 0 { "join" } else { "leave" });
+            ensure!(alternating && events.last().copied() == Some(last), "{key:?}: {events:?}");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn lapsed_lease_rejoin_is_announced_once() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let nodes = three_nodes(&redis.url, 1_000).await?;
+    let (n0, n1) = (&nodes[0], &nodes[1]);
+    let (a, u, w, x) = (agent("a1"), user("u1"), user("w1"), user("x1"));
+    let (s, s2, s3) = (ch("session:s1"), ch("session:s2"), ch("session:s3"));
+    let mut ledger = Ledger::default();
+    for (c, p, channel) in [("c1", &a, &s), ("c2", &a, &s), ("c3", &u, &s), ("c4", &w, &s2), ("c5", &x, &s3)] {
+        ledger.note(channel, p, "join", n0.join(channel, &conn("n0", c, p)).await?);
+    }
+    // n0 loses Redis for longer than its lease (it never maintains meanwhile); n1 reaps.
+    tokio::time::sleep(Duration::from_millis(1_150)).await;
+    let reaped = n1.maintain(&report("n1")).await?;
+    ensure!(reaped.len() == 4, "reaped {reaped:?}");
+    ledger.extend(reaped, "leave");
+    ensure!(n1.members(&s).await?.is_empty());
+    // n0 is back: its refresh restores the entries and reports each principal once.
+    ensure!(n0.maintain(&report("n0")).await?.is_empty());
+    ensure!(n1.members(&s).await? == vec![u.clone(), a.clone()], "entries not restored");
+    ensure!(n1.stats(&s).await? == ChannelStats { connections: 3, users: 1, agents: 1 });
+    // Before the node drains: w's only connection closes, which cancels w's pending rejoin
+    // (w stays announced gone); x joins on n1 and leaves n0, so x is back through n1.
+    let w_last = n0.leave(&s2, &conn("n0", "c4", &w)).await?;
+    ensure!(!w_last, "a leave cancelling a pending rejoin must not be announced");
+    ledger.note(&s3, &x, "join", n1.join(&s3, &conn("n1", "c6", &x)).await?);
+    ledger.note(&s3, &x, "leave", n0.leave(&s3, &conn("n0", "c5", &x)).await?);
+    let back = n0.take_rejoined();
+    let got: HashSet<(String, Principal)> =
+        back.iter().map(|e| (e.channel.as_str().to_owned(), e.member.clone())).collect();
+    ensure!(back.len() == 3, "rejoined {back:?}");
+    let want = [("session:s1", &a), ("session:s1", &u), ("session:s3", &x)];
+    ensure!(got == want.into_iter().map(|(c, p)| (c.to_owned(), p.clone())).collect(), "rejoined {got:?}");
+    ledger.extend(back, "join");
+    ensure!(n0.take_rejoined().is_empty(), "drained twice");
+    ensure!(n0.maintain(&report("n0")).await?.is_empty());
+    ensure!(n0.take_rejoined().is_empty(), "a plain refresh reported a rejoin");
+    // The real leaves are announced once each, and nothing is reaped again.
+    for (c, p) in [("c1", &a), ("c2", &a), ("c3", &u)] {
+        ledger.note(&s, p, "leave", n0.leave(&s, &conn("n0", c, p)).await?);
+    }
+    ledger.note(&s3, &x, "leave", n1.leave(&s3, &conn("n1", "c6", &x)).await?);
+    ensure!(n1.maintain(&report("n1")).await?.is_empty());
+    for c in [&s, &s2, &s3] {
+        ensure!(n1.stats(c).await? == ChannelStats::default());
+    }
+    ledger.check("leave")?;
+    ensure!(ledger.0[&("session:s1".to_owned(), a.clone())] == ["join", "leave", "join", "leave"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_refresh_lets_handshakes_through_and_keeps_leaves() -> anyhow::Result<()> {
+    const CHANNELS: usize = 24;
+    const PER_CHANNEL: usize = 500;
+    let redis = RedisServer::start().await?;
+    let nodes = three_nodes(&redis.url, 30_000).await?;
+    let n0 = Arc::clone(&nodes[0]);
+    let a = agent("many");
+    let joins = (0..CHANNELS * PER_CHANNEL).map(|i| {
+        let n0 = Arc::clone(&n0);
+        let (a, c) = (a.clone(), ch(&format!("project:p{}", i % CHANNELS)));
+        async move { n0.join(&c, &conn("n0", &format!("c{i}"), &a)).await }
+    });
+    let _: Vec<_> = within(Duration::from_secs(60), "bulk join", async {
+        futures_util::stream::iter(joins).buffer_unordered(64).try_collect::<Vec<_>>().await
+    })
+    .await??;
+    // Time one full refresh alone, then race one against handshakes and leaves.
+    let t = Instant::now();
+    n0.maintain(&report("n0")).await?;
+    let alone = t.elapsed();
+    let maintain = tokio::spawn({
+        let n0 = Arc::clone(&n0);
+        async move { n0.maintain(&report("n0")).await }
+    });
+    // Channel p0 loses every connection during the refresh: none may come back.
+    let leaves = tokio::spawn({
+        let (n0, a, p0) = (Arc::clone(&n0), a.clone(), ch("project:p0"));
+        async move {
+            for i in (0..CHANNELS * PER_CHANNEL).step_by(CHANNELS) {
+                n0.leave(&p0, &conn("n0", &format!("c{i}"), &a)).await?;
+            }
+            Ok::<_, PresenceError>(())
+        }
+    });
+    let (b, extra) = (user("late"), ch("session:late"));
+    let (mut during, mut i) = (0, 0);
+    while !maintain.is_finished() {
+        within(STEP, "join during refresh", n0.join(&extra, &conn("n0", &format!("late{i}"), &b))).await??;
+        i += 1;
+        if !maintain.is_finished() {
+            during += 1;
+        }
+    }
+    within(STEP, "maintain", maintain).await???;
+    within(Duration::from_secs(30), "leaves", leaves).await???;
+    eprintln!(
+        "refresh of {} entries: {} ms alone; {during} joins completed during it",
+        CHANNELS * PER_CHANNEL,
+        alone.as_millis()
+    );
+    ensure!(during >= 5, "handshakes were blocked by the refresh: {during} joins got through");
+    n0.maintain(&report("n0")).await?;
+    let p0 = n0.stats(&ch("project:p0")).await?;
+    ensure!(p0 == ChannelStats::default(), "a refresh re-added left entries: {p0:?}");
+    ensure!(n0.stats(&ch("project:p1")).await?.connections == PER_CHANNEL as u64);
+    ensure!(n0.stats(&extra).await? == ChannelStats { connections: i, users: 1, agents: 0 });
+    Ok(())
+}
+
+#[tokio::test]
+async fn members_are_capped_and_stats_do_not_list() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let nodes = three_nodes(&redis.url, 30_000).await?;
+    let s = ch("project:big");
+    let mut who: Vec<Principal> = (0..1_100).map(|i| user(&format!("u{i:04}"))).collect();
+    who.extend((0..150).map(|i| agent(&format!("a{i:03}"))));
+    let joins = who.iter().enumerate().map(|(i, p)| {
+        let n = Arc::clone(&nodes[i % 3]);
+        let (s, p) = (s.clone(), p.clone());
+        async move {
+            let node = format!("n{}", i % 3);
+            n.join(&s, &conn(&node, "c1", &p)).await?;
+            n.join(&s, &conn(&node, "c2", &p)).await
+        }
+    });
+    let _: Vec<_> = within(Duration::from_secs(60), "bulk join", async {
+        futures_util::stream::iter(joins).buffer_unordered(64).try_collect::<Vec<_>>().await
+    })
+    .await??;
+    let members = nodes[1].members(&s).await?;
+    ensure!(members.len() == 1_000, "{} members listed", members.len());
+    ensure!(members.windows(2).all(|w| w[0] < w[1]), "members not sorted and distinct");
+    ensure!(members.iter().all(|p| p.kind == PrincipalKind::User), "users come first");
+    ensure!(nodes[2].stats(&s).await? == ChannelStats { connections: 2_500, users: 1_100, agents: 150 });
+    // One connection of each leaves: the counts follow, the principals stay.
+    for (i, p) in who.iter().enumerate().take(100) {
+        nodes[i % 3].leave(&s, &conn(&format!("n{}", i % 3), "c2", p)).await?;
+    }
+    ensure!(nodes[0].stats(&s).await? == ChannelStats { connections: 2_400, users: 1_100, agents: 150 });
+    let few = ch("project:few");
+    nodes[0].join(&few, &conn("n0", "c1", &who[1_100])).await?;
+    nodes[0].join(&few, &conn("n0", "c2", &who[0])).await?;
+    ensure!(nodes[1].members(&few).await? == vec![who[0].clone(), who[1_100].clone()]);
     Ok(())
 }
 

@@ -95,13 +95,19 @@ pub trait Presence: Send + Sync + 'static {
     async fn join(&self, ch: &Channel, c: &ConnRef<'_>) -> Result<bool, PresenceError>;
     /// Removes a connection from a channel. True when it was its principal's last there.
     async fn leave(&self, ch: &Channel, c: &ConnRef<'_>) -> Result<bool, PresenceError>;
-    /// The distinct principals present in a channel.
+    /// The distinct principals present in a channel (may be capped: Redis lists at most 1,000).
     async fn members(&self, ch: &Channel) -> Result<Vec<Principal>, PresenceError>;
     /// Counts in a channel.
     async fn stats(&self, ch: &Channel) -> Result<ChannelStats, PresenceError>;
     /// Refreshes this node's leases and registry entry, and removes expired entries of
     /// any node, returning the leaves they cause (each reported by exactly one node).
     async fn maintain(&self, me: &NodeReport) -> Result<Vec<Expired>, PresenceError>;
+    /// Principals that [`Presence::maintain`] put back into a channel after their lapsed
+    /// entries were reaped elsewhere (their `presence.leave` announced): announce
+    /// `presence.join` for each. Drains; call after every `maintain`, failed or not.
+    fn take_rejoined(&self) -> Vec<Expired> {
+        Vec::new()
+    }
     /// Every live node's registry entry.
     async fn nodes(&self) -> Result<Vec<NodeReport>, PresenceError>;
     /// Removes this node's registry entry (on shutdown, after its connections left).

@@ -6,6 +6,10 @@
 //! - `presence:{channel}` ZSET, member `node/conn/kind/id`, score = lease expiry.
 //! - `presence-count:{channel}` HASH `kind/id` → entries of that principal in the ZSET, so
 //!   `join`/`leave` answer "first"/"last" in O(1).
+//! - `presence-users:{channel}` / `presence-agents:{channel}` ZSET `kind/id` → latest expiry
+//!   of that principal's entries, so `stats` is three `ZCOUNT`s and `members` a bounded
+//!   range. A principal is removed when its count drops to zero; until then its score may
+//!   overstate its liveness by at most the lease of an entry that left.
 //! - `presence-index` ZSET channel → earliest expiry in that channel: reapers fetch only
 //!   channels with something due.
 //! - `node:{id}` HASH (the node report, expiring with its lease) and `nodes` ZSET id → expiry.
@@ -17,6 +21,10 @@
 //!
 //! Each node remembers its own leases in memory; [`Presence::maintain`] rewrites them, so
 //! after Redis loses its data (restart without persistence) the next tick restores them.
+//! When a node was cut off longer than its lease, another node reaped its entries and
+//! announced their leaves; the refresh that puts them back reports the principals that
+//! are present again through [`RedisPresence::take_rejoined`], so the node announces their
+//! joins. (After Redis lost its data no leave was announced, so those joins repeat.)
 
 mod conn;
 mod lua;
@@ -32,19 +40,19 @@ use fred::prelude::{
     Client, ClientLike, Error as RedisError, EventInterface, FromValue, KeysInterface, LuaInterface, Options,
     SortedSetsInterface,
 };
-use gateway_protocol::{Channel, Principal, PrincipalKind};
+use gateway_protocol::{Channel, Principal};
 use tokio::sync::{RwLock, broadcast::error::RecvError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use conn::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, command_options, eval, open_client};
 use conn::{Link, redacted};
-use lua::{Lua, SCRIPTS};
+use lua::{Lua, SCRIPTS, batches, esc, parse_pairs, parse_principal, principal_field};
 
 use super::{Admission, ChannelStats, ConnRef, Expired, NodeReport, Presence, PresenceError};
 use crate::{bus::ComponentHealth, config::Config};
 
-/// Entries one script call refreshes at most (keeps each script short).
-const REFRESH_BATCH: usize = 500;
+/// Distinct principals [`Presence::members`] returns at most.
+pub const MEMBERS_CAP: usize = 1_000;
 /// Channels reaped per script call.
 const REAP_CHANNELS: usize = 64;
 /// Expired entries removed per channel per script call.
@@ -75,37 +83,14 @@ pub struct RedisPresence {
     shas: [String; SCRIPTS.len()],
     /// This node's leases.
     local: Mutex<Local>,
-    /// Held shared by writes, exclusively by the refresh, so a refresh never re-adds an
-    /// entry that a concurrent `leave`/`release` just removed.
+    /// Held shared by writes, exclusively by each refresh batch (which re-reads its entries
+    /// under it), so a refresh never re-adds an entry that a concurrent `leave`/`release`
+    /// just removed, while handshakes still interleave with a long refresh.
     gate: RwLock<()>,
+    /// Principals a refresh brought back into a channel, until [`Self::take_rejoined`].
+    rejoined: Mutex<Vec<Expired>>,
     /// Reachability.
     link: Link,
-}
-
-/// `%` and `/` escaped so a member splits unambiguously on `/`.
-fn esc(s: &str) -> String {
-    s.replace('%', "%25").replace('/', "%2F")
-}
-
-/// `kind/id`, the principal field of the count hash (the id may contain anything).
-fn principal_field(p: &Principal) -> String {
-    format!("{}/{}", p.kind.as_str(), p.id)
-}
-
-/// Parses `kind/id`.
-fn parse_principal(field: &str) -> Option<Principal> {
-    let (kind, id) = field.split_once('/')?;
-    let kind = match kind {
-        "user" => PrincipalKind::User,
-        "agent" => PrincipalKind::Agent,
-        _ => return None,
-    };
-    Some(Principal { kind, id: id.to_owned() })
-}
-
-/// The principal of a presence member `node/conn/kind/id`.
-fn member_principal(member: &str) -> Option<Principal> {
-    parse_principal(member.splitn(3, '/').nth(2)?)
 }
 
 impl RedisPresence {
@@ -131,6 +116,7 @@ impl RedisPresence {
             shas,
             local: Mutex::default(),
             gate: RwLock::new(()),
+            rejoined: Mutex::default(),
             link,
         })
     }
@@ -189,73 +175,103 @@ impl RedisPresence {
         self.key(&["conns", p.kind.as_str(), &p.id])
     }
 
-    /// The zset and count hash of a channel.
-    fn channel_keys(&self, ch: &str) -> [String; 2] {
-        [self.key(&["presence", ch]), self.key(&["presence-count", ch])]
+    /// The keys of a channel: entries zset, count hash, users zset, agents zset.
+    fn channel_keys(&self, ch: &str) -> [String; 4] {
+        ["presence", "presence-count", "presence-users", "presence-agents"].map(|k| self.key(&[k, ch]))
     }
 
     fn index_key(&self) -> String {
         self.key(&["presence-index"])
     }
 
+    /// `KEYS` of a one-channel script: the index, then the channel's keys.
+    fn script_keys(&self, ch: &Channel) -> Vec<String> {
+        std::iter::once(self.index_key()).chain(self.channel_keys(ch.as_str())).collect()
+    }
+
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Non-expired members of a channel.
-    async fn live(&self, ch: &Channel) -> Result<Vec<String>, PresenceError> {
-        let [z, _] = self.channel_keys(ch.as_str());
-        self.run(Lua::Live, vec![z], vec![]).await
+    /// Principals that this node's refresh put back into a channel after their lapsed
+    /// entries had been reaped by another node (which announced `presence.leave` for them):
+    /// announce `presence.join` for each. Drains the list; call after every
+    /// [`Presence::maintain`], failed or not (a failed one may have refreshed some batches).
+    /// A `leave` that is last for a principal still listed here cancels it instead of
+    /// reporting the leave, so the pair is never announced out of order.
+    pub fn take_rejoined(&self) -> Vec<Expired> {
+        std::mem::take(&mut *self.rejoined())
     }
 
-    /// Rewrites this node's leases (re-adding what Redis lost).
+    fn rejoined(&self) -> std::sync::MutexGuard<'_, Vec<Expired>> {
+        self.rejoined.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rewrites this node's leases (re-adding what Redis lost or another node reaped) in
+    /// batches. Each batch holds the gate exclusively only while it runs and refreshes only
+    /// what is still held locally, so nothing a concurrent `leave`/`release` removed comes
+    /// back, and handshakes wait for one batch at most.
     async fn refresh(&self) -> Result<(), PresenceError> {
-        let _exclusive = self.gate.write().await;
         let (conns, channels) = {
             let l = self.local();
-            (l.conns.clone(), l.channels.clone())
+            let conns: Vec<(String, Vec<String>)> =
+                l.conns.iter().map(|(k, m)| (k.clone(), m.iter().cloned().collect())).collect();
+            let channels: Vec<(Channel, Vec<String>)> =
+                l.channels.iter().map(|(c, m)| (c.clone(), m.keys().cloned().collect())).collect();
+            (conns, channels)
         };
-        let conns = conns.into_iter().map(|(key, members)| {
-            let n = members.len();
-            (vec![key], std::iter::once(n.to_string()).chain(members).collect(), n)
-        });
-        self.run_batched(Lua::RefreshConns, vec![], conns).await?;
-        let channels = channels.into_iter().map(|(ch, members)| {
-            let (n, mut args) = (members.len(), vec![ch.as_str().to_owned()]);
-            args.push(n.to_string());
-            args.extend(members.into_iter().flat_map(|(m, p)| [m, p]));
-            (self.channel_keys(ch.as_str()).to_vec(), args, n)
-        });
-        let restored = self.run_batched(Lua::RefreshPresence, vec![self.index_key()], channels).await?;
+        let lease = self.lease_ms.to_string();
+        for batch in batches(conns) {
+            let _exclusive = self.gate.write().await;
+            let (mut keys, mut args) = (Vec::new(), vec![lease.clone()]);
+            {
+                let l = self.local();
+                for (key, mut members) in batch {
+                    let held = l.conns.get(&key);
+                    members.retain(|m| held.is_some_and(|h| h.contains(m)));
+                    if !members.is_empty() {
+                        args.push(members.len().to_string());
+                        args.extend(members);
+                        keys.push(key);
+                    }
+                }
+            }
+            if !keys.is_empty() {
+                self.run::<i64>(Lua::RefreshConns, keys, args).await?;
+            }
+        }
+        let mut restored = 0u64;
+        for batch in batches(channels) {
+            let _exclusive = self.gate.write().await;
+            let (mut keys, mut args) = (vec![self.index_key()], vec![lease.clone()]);
+            {
+                let l = self.local();
+                for (ch, members) in batch {
+                    let Some(held) = l.channels.get(&ch) else { continue };
+                    let live: Vec<(&String, &String)> = members.iter().filter_map(|m| held.get_key_value(m)).collect();
+                    if live.is_empty() {
+                        continue;
+                    }
+                    keys.extend(self.channel_keys(ch.as_str()));
+                    args.extend([ch.as_str().to_owned(), live.len().to_string()]);
+                    args.extend(live.into_iter().flat_map(|(m, p)| [m.clone(), p.clone()]));
+                }
+            }
+            if keys.len() == 1 {
+                continue;
+            }
+            let out: Vec<String> = self.run(Lua::RefreshPresence, keys, args).await?;
+            restored += out.first().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            let back = parse_pairs(out.get(1..).unwrap_or_default(), "rejoined");
+            if !back.is_empty() {
+                tracing::info!(rejoined = back.len(), "presence re-established after a lapsed lease");
+                self.rejoined().extend(back);
+            }
+        }
         if restored > 0 {
             tracing::info!(restored, "re-established presence entries missing from redis");
         }
         Ok(())
-    }
-
-    /// Runs a refresh script over `groups` (keys, args, entries) in calls of about
-    /// [`REFRESH_BATCH`] entries, each call's keys starting with `head`; sums the results.
-    async fn run_batched(
-        &self,
-        s: Lua,
-        head: Vec<String>,
-        groups: impl Iterator<Item = (Vec<String>, Vec<String>, usize)>,
-    ) -> Result<i64, PresenceError> {
-        let start = || (head.clone(), vec![self.lease_ms.to_string()], 0);
-        let (mut total, mut batch) = (0, start());
-        for (keys, args, n) in groups {
-            batch.0.extend(keys);
-            batch.1.extend(args);
-            batch.2 += n;
-            if batch.2 >= REFRESH_BATCH {
-                let (keys, args, _) = std::mem::replace(&mut batch, start());
-                total += self.run::<i64>(s, keys, args).await?;
-            }
-        }
-        if batch.0.len() > head.len() {
-            total += self.run::<i64>(s, batch.0, batch.1).await?;
-        }
-        Ok(total)
     }
 
     /// Removes expired entries of any node; each resulting leave is returned by exactly one
@@ -285,12 +301,7 @@ impl RedisPresence {
                     break;
                 }
             };
-            for pair in gone.chunks_exact(2) {
-                match (Channel::parse(&pair[0]), parse_principal(&pair[1])) {
-                    (Ok(channel), Some(member)) => out.push(Expired { channel, member }),
-                    _ => tracing::warn!(channel = %pair[0], member = %pair[1], "unparsable expired presence entry"),
-                }
-            }
+            out.extend(parse_pairs(&gone, "expired"));
             if due.len() < REAP_CHANNELS {
                 break;
             }
@@ -305,6 +316,10 @@ fn unavailable(e: RedisError) -> PresenceError {
 
 #[async_trait]
 impl Presence for RedisPresence {
+    fn take_rejoined(&self) -> Vec<Expired> {
+        RedisPresence::take_rejoined(self)
+    }
+
     async fn admit(&self, c: &ConnRef<'_>, limit: u32) -> Result<Admission, PresenceError> {
         let _shared = self.gate.read().await;
         let key = self.conns_key(c.principal);
@@ -340,18 +355,16 @@ impl Presence for RedisPresence {
 
     async fn join(&self, ch: &Channel, c: &ConnRef<'_>) -> Result<bool, PresenceError> {
         let _shared = self.gate.read().await;
-        let [z, counts] = self.channel_keys(ch.as_str());
         let member = format!("{}/{}/{}", esc(c.node), esc(c.conn), principal_field(c.principal));
         let field = principal_field(c.principal);
         let args = vec![member.clone(), field.clone(), self.lease_ms.to_string(), ch.as_str().to_owned()];
-        let first: i64 = self.run(Lua::Join, vec![z, counts, self.index_key()], args).await?;
+        let first: i64 = self.run(Lua::Join, self.script_keys(ch), args).await?;
         self.local().channels.entry(ch.clone()).or_default().insert(member, field);
         Ok(first == 1)
     }
 
     async fn leave(&self, ch: &Channel, c: &ConnRef<'_>) -> Result<bool, PresenceError> {
         let _shared = self.gate.read().await;
-        let [z, counts] = self.channel_keys(ch.as_str());
         let member = format!("{}/{}/{}", esc(c.node), esc(c.conn), principal_field(c.principal));
         {
             let mut l = self.local();
@@ -363,36 +376,38 @@ impl Presence for RedisPresence {
             }
         }
         let args = vec![member, principal_field(c.principal), ch.as_str().to_owned()];
-        let last: i64 = self.run(Lua::Leave, vec![z, counts, self.index_key()], args).await?;
+        let last: i64 = self.run(Lua::Leave, self.script_keys(ch), args).await?;
+        if last == 1 {
+            // Back and gone again before the node announced the rejoin: announce neither.
+            let mut pending = self.rejoined();
+            if let Some(i) = pending.iter().position(|e| e.channel == *ch && e.member == *c.principal) {
+                pending.swap_remove(i);
+                return Ok(false);
+            }
+        }
         Ok(last == 1)
     }
 
+    /// The distinct principals present in a channel, sorted: at most [`MEMBERS_CAP`]
+    /// (1,000) of them, users before agents; in a larger channel which ones is unspecified
+    /// (`stats` has the exact counts). O(log n + cap) in Redis, whatever the channel's size.
     async fn members(&self, ch: &Channel) -> Result<Vec<Principal>, PresenceError> {
-        let mut out: Vec<Principal> = self
-            .live(ch)
-            .await?
-            .iter()
-            .filter_map(|m| member_principal(m))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let [_, _, users, agents] = self.channel_keys(ch.as_str());
+        let fields: Vec<String> = self.run(Lua::Members, vec![users, agents], vec![MEMBERS_CAP.to_string()]).await?;
+        let mut out: Vec<Principal> = fields.iter().filter_map(|f| parse_principal(f)).collect();
         out.sort();
+        out.truncate(MEMBERS_CAP);
         Ok(out)
     }
 
+    /// Live connections and distinct principals in a channel: three `ZCOUNT`s, O(log n).
     async fn stats(&self, ch: &Channel) -> Result<ChannelStats, PresenceError> {
-        let mut st = ChannelStats::default();
-        let mut seen = HashSet::new();
-        for p in self.live(ch).await?.iter().filter_map(|m| member_principal(m)) {
-            st.connections += 1;
-            if let Some(p) = seen.insert(p.clone()).then_some(p) {
-                match p.kind {
-                    PrincipalKind::User => st.users += 1,
-                    PrincipalKind::Agent => st.agents += 1,
-                }
-            }
+        let [z, _, users, agents] = self.channel_keys(ch.as_str());
+        let n: Vec<u64> = self.run(Lua::Stats, vec![z, users, agents], vec![]).await?;
+        match n[..] {
+            [connections, users, agents] => Ok(ChannelStats { connections, users, agents }),
+            _ => Err(PresenceError::Unavailable(format!("unexpected stats reply {n:?}"))),
         }
-        Ok(st)
     }
 
     async fn maintain(&self, me: &NodeReport) -> Result<Vec<Expired>, PresenceError> {
@@ -451,14 +466,8 @@ impl Presence for RedisPresence {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn members_parse_back_to_principals() {
-        let p = Principal { kind: PrincipalKind::User, id: "a/b%c".into() };
-        let m = format!("{}/{}/{}", esc("n1"), esc("c/1"), principal_field(&p));
-        assert_eq!(member_principal(&m), Some(p));
-        assert_eq!(member_principal("n/c/robot/x"), None);
-        assert_eq!(redacted("redis://u:pw@h:6379/0"), "redis://h:6379/0");
+    fn urls_are_redacted() {
+        assert_eq!(super::redacted("redis://u:pw@h:6379/0"), "redis://h:6379/0");
     }
 }

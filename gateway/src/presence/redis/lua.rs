@@ -1,17 +1,44 @@
-//! The Lua scripts of Redis presence. Each runs atomically on the server and stamps
-//! leases with the server's `TIME` (scripts are replicated by effect, so that is allowed).
-//! Every script is idempotent: running it twice changes nothing the second time.
+//! The Lua scripts of Redis presence, and the encoding of their arguments and replies.
+//! Each runs atomically on the server and stamps leases with the server's `TIME` (scripts
+//! are replicated by effect, so that is allowed). Every script is idempotent: running it
+//! twice changes nothing the second time.
+//!
+//! Scripts touching channels take `KEYS[1]` = the channel index, then four keys per
+//! channel starting at `k`: entries zset, count hash, users zset, agents zset.
 
-/// Shared prelude: the server clock in ms, and the index upkeep after a channel changes.
+use gateway_protocol::{Channel, Principal, PrincipalKind};
+
+use crate::presence::Expired;
+
+/// Entries one refresh script call carries at most (keeps each script, and each hold of
+/// the exclusive gate, short).
+const REFRESH_BATCH: usize = 500;
+
+/// Shared prelude: the server clock in ms, index upkeep after a channel changes, and the
+/// per-kind principal zsets (principal → latest expiry of its entries, which makes
+/// `stats` a few `ZCOUNT`s and `members` a bounded range).
 macro_rules! lua {
     ($body:literal) => {
         concat!(
             "local t = redis.call('TIME')\n",
             "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n",
-            "local function reindex(z, c, idx, ch)\n",
-            "  local f = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')\n",
-            "  if f[2] then redis.call('ZADD', idx, f[2], ch)\n",
-            "  else redis.call('ZREM', idx, ch); redis.call('DEL', c) end\n",
+            "local function reindex(k, ch)\n",
+            "  local f = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')\n",
+            "  if f[2] then redis.call('ZADD', KEYS[1], f[2], ch)\n",
+            "  else redis.call('ZREM', KEYS[1], ch); redis.call('DEL', KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]) end\n",
+            "end\n",
+            "local function pkey(k, p)\n",
+            "  if string.sub(p, 1, 6) == 'agent/' then return KEYS[k + 3] end\n",
+            "  return KEYS[k + 2]\n",
+            "end\n",
+            "local function mark(k, p, exp)\n",
+            "  local s = redis.call('ZSCORE', pkey(k, p), p)\n",
+            "  if not s or tonumber(s) < exp then redis.call('ZADD', pkey(k, p), exp, p) end\n",
+            "end\n",
+            "local function gone(k, c, p)\n",
+            "  if redis.call('HINCRBY', c, p, -1) > 0 then return false end\n",
+            "  redis.call('HDEL', c, p); redis.call('ZREM', pkey(k, p), p)\n",
+            "  return true\n",
             "end\n",
             $body
         )
@@ -28,27 +55,43 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonu
 end
 return 0"
 );
-/// KEYS zset, counts, index; ARGV member, principal, lease, channel → 1 when first.
+/// KEYS index, channel keys; ARGV member, principal, lease, channel → 1 when first.
 const JOIN: &str = lua!(
-    "local first = 0
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then first = 1 end
+    "local first, exp = 0, now + tonumber(ARGV[3])
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then first = 1 end
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-reindex(KEYS[1], KEYS[2], KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[2], exp, ARGV[1])
+mark(2, ARGV[2], exp)
+reindex(2, ARGV[4])
 return first"
 );
-/// KEYS zset, counts, index; ARGV member, principal, channel → 1 when last.
+/// KEYS index, channel keys; ARGV member, principal, channel → 1 when last.
 const LEAVE: &str = lua!(
     "local last = 0
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]); last = 1 end
-end
-reindex(KEYS[1], KEYS[2], KEYS[3], ARGV[3])
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 and gone(2, KEYS[3], ARGV[2]) then last = 1 end
+reindex(2, ARGV[3])
 return last"
 );
 /// KEYS zset → members whose lease has not expired.
 const LIVE: &str = lua!("return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')");
+/// KEYS users zset, agents zset; ARGV cap → up to `cap` live principals, users first.
+const MEMBERS: &str = lua!(
+    "local cap = tonumber(ARGV[1])
+local out = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, cap)
+if #out < cap then
+  for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'LIMIT', 0, cap - #out)) do
+    table.insert(out, p)
+  end
+end
+return out"
+);
+/// KEYS entries zset, users zset, agents zset → live connections, users, agents.
+const STATS: &str = lua!(
+    "local live = '(' .. now
+return {redis.call('ZCOUNT', KEYS[1], live, '+inf'), redis.call('ZCOUNT', KEYS[2], live, '+inf'),
+  redis.call('ZCOUNT', KEYS[3], live, '+inf')}"
+);
 /// KEYS conns...; ARGV lease, then per key: n, n members. Drops expired members too.
 const REFRESH_CONNS: &str = lua!(
     "local lease = tonumber(ARGV[1])
@@ -61,38 +104,44 @@ for _, k in ipairs(KEYS) do
 end
 return 0"
 );
-/// KEYS index, (zset, counts)...; ARGV lease, then per channel: name, n, n × (member,
-/// principal). Re-adds (and counts) entries Redis lost → number re-added.
+/// KEYS index, channel keys...; ARGV lease, then per channel: name, n, n × (member,
+/// principal). Re-adds (and counts) entries Redis lost or another node reaped → flat
+/// {re-added, then (channel, principal) pairs whose count went 0 → 1}: those principals
+/// were gone (a reaper announced their leave) and are back.
 const REFRESH_PRESENCE: &str = lua!(
-    "local lease = tonumber(ARGV[1])
-local i, added = 2, 0
-for k = 2, #KEYS, 2 do
+    "local exp = now + tonumber(ARGV[1])
+local out, added, i = {''}, 0, 2
+for k = 2, #KEYS, 4 do
   local z, c = KEYS[k], KEYS[k + 1]
   local ch, n = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
   for j = 1, n do
-    if not redis.call('ZSCORE', z, ARGV[i]) then redis.call('HINCRBY', c, ARGV[i + 1], 1); added = added + 1 end
-    redis.call('ZADD', z, now + lease, ARGV[i]); i = i + 2
+    local m, p = ARGV[i], ARGV[i + 1]; i = i + 2
+    if not redis.call('ZSCORE', z, m) then
+      added = added + 1
+      if redis.call('HINCRBY', c, p, 1) == 1 then table.insert(out, ch); table.insert(out, p) end
+    end
+    redis.call('ZADD', z, exp, m)
+    mark(k, p, exp)
   end
-  reindex(z, c, KEYS[1], ch)
+  reindex(k, ch)
 end
-return added"
+out[1] = tostring(added)
+return out"
 );
 /// KEYS index; ARGV limit → channels with an expired entry.
 const DUE: &str = lua!("return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])");
-/// KEYS index, (zset, counts)...; ARGV limit, channel names → flat (channel, principal)
+/// KEYS index, channel keys...; ARGV limit, channel names → flat (channel, principal)
 /// pairs whose last entry expired. Atomic: one caller removes (and reports) each entry.
 const REAP: &str = lua!(
     "local out = {}
-for k = 2, #KEYS, 2 do
-  local z, c, ch = KEYS[k], KEYS[k + 1], ARGV[k / 2 + 1]
+for k = 2, #KEYS, 4 do
+  local z, c, ch = KEYS[k], KEYS[k + 1], ARGV[(k - 2) / 4 + 2]
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, ARGV[1])) do
     redis.call('ZREM', z, m)
     local p = string.match(m, '^[^/]*/[^/]*/(.*)$')
-    if p and redis.call('HINCRBY', c, p, -1) <= 0 then
-      redis.call('HDEL', c, p); table.insert(out, ch); table.insert(out, p)
-    end
+    if p and gone(k, c, p) then table.insert(out, ch); table.insert(out, p) end
   end
-  reindex(z, c, KEYS[1], ch)
+  reindex(k, ch)
 end
 return out"
 );
@@ -123,6 +172,8 @@ pub(super) enum Lua {
     Join,
     Leave,
     Live,
+    Members,
+    Stats,
     RefreshConns,
     RefreshPresence,
     Due,
@@ -132,5 +183,81 @@ pub(super) enum Lua {
 }
 
 /// Script bodies, in [`Lua`] order.
-pub(super) const SCRIPTS: [&str; 10] =
-    [ADMIT, JOIN, LEAVE, LIVE, REFRESH_CONNS, REFRESH_PRESENCE, DUE, REAP, BEAT, NODE_FIELDS];
+pub(super) const SCRIPTS: [&str; 12] =
+    [ADMIT, JOIN, LEAVE, LIVE, MEMBERS, STATS, REFRESH_CONNS, REFRESH_PRESENCE, DUE, REAP, BEAT, NODE_FIELDS];
+
+/// `%` and `/` escaped so a member splits unambiguously on `/`.
+pub(super) fn esc(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F")
+}
+
+/// `kind/id`, the principal field of the count hash (the id may contain anything).
+pub(super) fn principal_field(p: &Principal) -> String {
+    format!("{}/{}", p.kind.as_str(), p.id)
+}
+
+/// Parses `kind/id`.
+pub(super) fn parse_principal(field: &str) -> Option<Principal> {
+    let (kind, id) = field.split_once('/')?;
+    let kind = match kind {
+        "user" => PrincipalKind::User,
+        "agent" => PrincipalKind::Agent,
+        _ => return None,
+    };
+    Some(Principal { kind, id: id.to_owned() })
+}
+
+/// Flat (channel, `kind/id`) pairs from a script, as [`Expired`].
+pub(super) fn parse_pairs(flat: &[String], what: &str) -> Vec<Expired> {
+    let mut out = Vec::new();
+    for pair in flat.chunks_exact(2) {
+        match (Channel::parse(&pair[0]), parse_principal(&pair[1])) {
+            (Ok(channel), Some(member)) => out.push(Expired { channel, member }),
+            _ => tracing::warn!(channel = %pair[0], member = %pair[1], "unparsable {what} presence entry"),
+        }
+    }
+    out
+}
+
+/// Snapshot groups (key, members) cut into batches of at most [`REFRESH_BATCH`] entries;
+/// a large group spans several batches.
+pub(super) fn batches<K: Clone>(groups: Vec<(K, Vec<String>)>) -> Vec<Vec<(K, Vec<String>)>> {
+    let (mut out, mut cur, mut n) = (Vec::new(), Vec::new(), 0);
+    for (key, members) in groups {
+        for chunk in members.chunks(REFRESH_BATCH) {
+            if n + chunk.len() > REFRESH_BATCH && !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+                n = 0;
+            }
+            n += chunk.len();
+            cur.push((key.clone(), chunk.to_vec()));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_parse_back_to_principals() {
+        let p = Principal { kind: PrincipalKind::User, id: "a/b%c".into() };
+        assert_eq!(parse_principal(&principal_field(&p)), Some(p));
+        assert_eq!(parse_principal("robot/x"), None);
+        assert_eq!(esc("c/1%"), "c%2F1%25");
+    }
+
+    #[test]
+    fn batches_are_bounded_and_keep_every_entry() {
+        let big: Vec<String> = (0..1_200).map(|i| i.to_string()).collect();
+        let groups = vec![("a", vec!["x".to_owned(); 3]), ("big", big), ("b", vec!["y".to_owned(); 498])];
+        let out = batches(groups);
+        assert!(out.iter().all(|b| b.iter().map(|(_, m)| m.len()).sum::<usize>() <= REFRESH_BATCH));
+        assert_eq!(out.iter().flatten().map(|(_, m)| m.len()).sum::<usize>(), 1_701);
+        assert_eq!(out.len(), 5);
+    }
+}
