@@ -151,7 +151,7 @@ impl Node {
 
     /// A new event with a fresh id and the current time.
     pub fn new_event(&self, channel: Channel, event: String, data: serde_json::Value) -> EventFrame {
-        EventFrame { channel, event, data, id: uuid::Uuid::now_v7().to_string(), ts: now_ms() }
+        EventFrame { channel, event, data, id: uuid::Uuid::now_v7().to_string(), ts: now_ms(), from: None }
     }
 
     /// Publishes `presence.join` / `presence.leave` for a member on a channel.

@@ -156,6 +156,10 @@ pub struct EventFrame {
     pub id: String,
     /// When the gateway accepted it, ms since epoch.
     pub ts: u64,
+    /// Who published it, set by the gateway for events a client published (never by
+    /// the client); absent for events from backends and the gateway itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Principal>,
 }
 
 /// A frame the server sends.

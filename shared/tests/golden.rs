@@ -14,7 +14,24 @@ fn event() -> ServerFrame {
         data: json!({"text":"hi"}),
         id: "m1".into(),
         ts: 1700000000000,
+        from: None,
     })
+}
+
+#[test]
+fn client_published_events_name_their_publisher() {
+    let frame = ServerFrame::Event(EventFrame {
+        channel: Channel::parse("session:abc").expect("valid"),
+        event: "typing".into(),
+        data: json!({}),
+        id: "m2".into(),
+        ts: 1,
+        from: Some(Principal { kind: PrincipalKind::User, id: "u1".into() }),
+    });
+    assert_eq!(
+        std::str::from_utf8(&Encoding::Json.encode(&frame).bytes).unwrap(),
+        r#"{"type":"event","channel":"session:abc","event":"typing","data":{},"id":"m2","ts":1,"from":{"kind":"user","id":"u1"}}"#
+    );
 }
 
 fn server_frames() -> Vec<(ServerFrame, &'static str, &'static str)> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gateway::config::SessionPolicy;
 use gateway_client::{Client, Connect};
-use gateway_protocol::{ClientFrame, ErrorCode};
+use gateway_protocol::{ClientFrame, ErrorCode, Principal, PrincipalKind};
 use gateway_tests::node::{
     ADMIN_KEY, AGENT_KEYS, TestNode, WAIT, assert_no_app_event, assert_quiet, channel_token, connected, next_app_event,
     next_error, next_event, response, subscribe, test_config, user_token,
@@ -326,4 +326,61 @@ async fn built_in_requests() -> anyhow::Result<()> {
     let members = request(&mut a, "r8", "presence.get", json!({"channel": "session:s1"})).await?;
     assert_eq!(members, Ok(json!({"channel": "session:s1", "members": [{"kind": "user", "id": "u1"}]})));
     node.stop().await
+}
+
+#[tokio::test]
+async fn client_publishes_carry_their_publisher_and_cannot_fake_presence() -> anyhow::Result<()> {
+    let node = TestNode::embedded().await?;
+    let mut a = node.user("pa", &[]).await?;
+    let mut b = node.user("pb", &[]).await?;
+    connected(&mut a).await?;
+    connected(&mut b).await?;
+    subscribe(&mut a, "s", &["session:room"], Some(&channel_token("session:room", "pa"))).await?;
+    subscribe(&mut b, "s", &["session:room"], Some(&channel_token("session:room", "pb"))).await?;
+    a.send(&ClientFrame::Publish {
+        id: Some("p1".into()),
+        channel: "session:room".into(),
+        event: "typing".into(),
+        data: json!({}),
+    })
+    .await?;
+    let e = next_app_event(&mut b).await?;
+    assert_eq!(e.from, Some(Principal { kind: PrincipalKind::User, id: "pa".into() }));
+    a.send(&ClientFrame::Publish {
+        id: Some("p2".into()),
+        channel: "session:room".into(),
+        event: "presence.leave".into(),
+        data: json!({"kind": "user", "id": "pb"}),
+    })
+    .await?;
+    let err = response(&mut a, "p2").await?.err().map(|e| e.code);
+    assert_eq!(err, Some(ErrorCode::Forbidden));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_subscribe_may_not_name_more_channels_than_a_connection_holds() -> anyhow::Result<()> {
+    let mut cfg = test_config();
+    cfg.limits.max_channels = 5;
+    let node = TestNode::start(cfg).await?;
+    let mut c = node.user("many", &["*"]).await?;
+    connected(&mut c).await?;
+    let names: Vec<String> = (0..50).map(|i| format!("project:p{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let r = subscribe(&mut c, "s", &refs, None).await?;
+    assert_eq!(r["subscribed"].as_array().map(Vec::len), Some(4), "{r}");
+    let rejected = r["rejected"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rejected.len(), 46);
+    assert!(rejected.iter().all(|x| x["code"] == "limit_exceeded"), "{r}");
+    // Refused names also count: a frame of names the user may not join is checked at
+    // most max_channels times, the rest refused unchecked.
+    let names: Vec<String> = (0..50).map(|i| format!("user:other{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut c2 = node.user("many2", &[]).await?;
+    connected(&mut c2).await?;
+    let r = subscribe(&mut c2, "s2", &refs, None).await?;
+    let codes: Vec<&str> = r["rejected"].as_array().into_iter().flatten().filter_map(|x| x["code"].as_str()).collect();
+    assert_eq!(codes.iter().filter(|c| **c == "forbidden").count(), 5, "{r}");
+    assert_eq!(codes.iter().filter(|c| **c == "limit_exceeded").count(), 45, "{r}");
+    Ok(())
 }

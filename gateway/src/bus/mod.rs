@@ -74,6 +74,9 @@ pub struct WireEvent {
     /// Publish time in ms; the receiving node's clock when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<u64>,
+    /// The publishing client, when a client published it through a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Principal>,
 }
 
 /// Health of one fabric component for `/health`, `/ready` and metrics.

@@ -24,6 +24,9 @@ use super::{
 };
 use crate::{auth::Identity, bus::Origin, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
 
+/// Event names only the gateway publishes (presence join/leave).
+const RESERVED_EVENT_PREFIX: &str = "presence.";
+
 /// Longest accepted event or method name.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -183,6 +186,9 @@ impl Session {
         let mut done = Vec::new();
         let mut rejected = Vec::new();
         let reject = |name: &str, e: ErrorBody| json!({ "channel": name, "code": e.code, "message": e.message });
+        // Permission checks per frame are bounded by what a connection may hold: each can
+        // cost a backend round trip (proxy policy), and refused names hold no slot.
+        let mut checks = 0;
         let timeout = ms(self.node.cfg.fabric.request_timeout_ms);
         for name in names {
             let ch = match Channel::parse(name) {
@@ -196,10 +202,13 @@ impl Session {
                 done.push(ch);
                 continue;
             }
-            if self.channels.len() >= self.node.cfg.limits.max_channels {
+            if self.channels.len() >= self.node.cfg.limits.max_channels
+                || checks >= self.node.cfg.limits.max_channels
+            {
                 rejected.push(reject(name, ErrorBody::new(ErrorCode::LimitExceeded, "too many channels")));
                 continue;
             }
+            checks += 1;
             let n = &self.node;
             if let Err(e) = n.access.may_subscribe(&self.identity, &ch, token, &n.auth, &*n.bus, timeout).await {
                 rejected.push(reject(name, (&e).into()));
@@ -283,10 +292,14 @@ impl Session {
         if event.is_empty() || event.len() > MAX_NAME_LEN {
             return self.fail(id, ErrorBody::new(ErrorCode::BadRequest, "event must be 1-128 characters"));
         }
+        if event.starts_with(RESERVED_EVENT_PREFIX) {
+            return self.fail(id, ErrorBody::new(ErrorCode::Forbidden, "presence.* events are the gateway's own"));
+        }
         if let Err(e) = self.node.access.may_publish(&self.identity, &ch, self.channels.contains(&ch)) {
             return self.fail(id, (&e).into());
         }
-        let ev = self.node.new_event(ch, event, data);
+        let mut ev = self.node.new_event(ch, event, data);
+        ev.from = Some(self.identity.principal.clone());
         metrics::counter!(telemetry::PUBLISHED, "source" => "client").increment(1);
         match self.node.bus.publish(&ev).await {
             Ok(()) => self.ack(id),

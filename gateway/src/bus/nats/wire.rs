@@ -109,6 +109,7 @@ pub(super) fn decode_event(channel: &Channel, msg: &Message) -> Result<EventFram
         data: wire.data,
         id: wire.id.filter(|id| !id.is_empty()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         ts: wire.ts.unwrap_or_else(now_ms),
+        from: wire.from,
     })
 }
 
@@ -134,6 +135,9 @@ pub(super) struct WireEventRef<'a> {
     pub(super) id: &'a str,
     /// Acceptance time in ms.
     pub(super) ts: u64,
+    /// The publishing client, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) from: Option<&'a gateway_protocol::Principal>,
 }
 
 #[cfg(test)]
