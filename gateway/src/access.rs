@@ -6,8 +6,8 @@ use gateway_protocol::{Channel, ErrorBody, ErrorCode, Namespace, Principal, Prin
 
 use crate::{
     auth::{Authenticator, Identity},
-    cache::TtlCache,
     bus::Bus,
+    cache::TtlCache,
     config::{ChannelsConfig, SessionPolicy},
 };
 

@@ -403,8 +403,12 @@ pub fn mint_channel_token(
     sub: Option<&str>,
     ttl: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let claims =
-        ChannelClaims { channel: channel.into(), exp: now_ms() / 1000 + ttl.as_secs(), sub: sub.map(String::from), kind: None };
+    let claims = ChannelClaims {
+        channel: channel.into(),
+        exp: now_ms() / 1000 + ttl.as_secs(),
+        sub: sub.map(String::from),
+        kind: None,
+    };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
 

@@ -278,7 +278,7 @@ impl Default for Limits {
             outbound_queue_bytes: 1024 * 1024,
             outbound_queue_frames: 1024,
             max_protocol_errors: 10,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
             max_inflight_requests: 16,
         }
     }

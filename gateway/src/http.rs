@@ -10,8 +10,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use axum::{
     Json, Router,
     extract::{
-        ConnectInfo, Query, State, WebSocketUpgrade,
-        rejection::QueryRejection,
+        ConnectInfo, Query, State, WebSocketUpgrade, rejection::QueryRejection,
         ws::rejection::WebSocketUpgradeRejection,
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},

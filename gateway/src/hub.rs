@@ -18,14 +18,87 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use gateway_protocol::{Channel, Encoding, EventFrame, Principal, PrincipalKind, ServerFrame, now_ms};
 
 use crate::{
-    conn::handle::{Close, ConnHandle, ConnId},
+    conn::handle::{Close, ConnHandle, ConnId, message_len},
     telemetry,
 };
 
 /// Channel-table shards; spreads lock contention between unrelated channels.
 const SHARDS: usize = 64;
 
-type Subscribers = HashMap<ConnId, Arc<ConnHandle>>;
+/// Channels with more local subscribers than this keep an index for O(1) removal;
+/// smaller ones are scanned.
+const INDEX_ABOVE: usize = 16;
+
+/// One channel's local subscribers: a dense list the fan-out walks, and (for large
+/// channels) where each connection sits in it, so leaving is a swap-remove.
+#[derive(Default)]
+struct Subscribers {
+    list: Vec<Arc<ConnHandle>>,
+    /// ConnId → position in `list`; `None` while the list is small. Boxed so that the
+    /// many one-subscriber channels (every user's own) carry 8 bytes, not a whole map.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<ConnId, usize>>>,
+}
+
+impl Subscribers {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn position(&self, id: ConnId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&id).copied(),
+            None => self.list.iter().position(|c| c.id == id),
+        }
+    }
+
+    /// Adds `conn`; false if it was there already.
+    fn insert(&mut self, conn: &Arc<ConnHandle>) -> bool {
+        if self.position(conn.id).is_some() {
+            return false;
+        }
+        if self.list.capacity() == 0 {
+            // Most channels (a user's own) have one subscriber.
+            self.list.reserve_exact(1);
+        }
+        self.list.push(conn.clone());
+        match &mut self.index {
+            Some(index) => {
+                index.insert(conn.id, self.list.len() - 1);
+            }
+            None if self.list.len() > INDEX_ABOVE => {
+                self.index = Some(Box::new(self.list.iter().enumerate().map(|(i, c)| (c.id, i)).collect()));
+            }
+            None => {}
+        }
+        true
+    }
+
+    /// Removes `id`; false if it was not there.
+    fn remove(&mut self, id: ConnId) -> bool {
+        let Some(i) = self.position(id) else {
+            return false;
+        };
+        self.list.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(&id);
+            if let Some(moved) = self.list.get(i) {
+                index.insert(moved.id, i);
+            }
+            if self.list.len() <= INDEX_ABOVE / 2 {
+                self.index = None;
+            }
+        }
+        if self.list.capacity() > 8 && self.list.len() < self.list.capacity() / 4 {
+            self.list.shrink_to(self.list.len() * 2);
+        }
+        true
+    }
+}
 
 /// Counts for `/health` and the node registry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -108,7 +181,7 @@ impl Hub {
         let mut shard = write(self.shard(ch));
         let subs = shard.entry(ch.clone()).or_default();
         let first = subs.is_empty();
-        if subs.insert(conn.id, conn.clone()).is_none() {
+        if subs.insert(conn) {
             metrics::gauge!(telemetry::SUBSCRIPTIONS).increment(1.0);
         }
         if first {
@@ -123,7 +196,7 @@ impl Hub {
         let Some(subs) = shard.get_mut(ch) else {
             return false;
         };
-        if subs.remove(&id).is_some() {
+        if subs.remove(id) {
             metrics::gauge!(telemetry::SUBSCRIPTIONS).decrement(1.0);
         }
         let empty = subs.is_empty();
@@ -146,25 +219,35 @@ impl Hub {
 
     /// Fans an event out to the local subscribers of its channel. Returns how many got it.
     pub fn deliver(&self, ev: &EventFrame) -> usize {
+        let hot = telemetry::hot();
         let shard = read(self.shard(&ev.channel));
         let Some(subs) = shard.get(&ev.channel) else {
-            metrics::counter!(telemetry::DROPS, "reason" => "no_subscribers").increment(1);
+            hot.drops_no_subscribers.increment(1);
             return 0;
         };
         let now = now_ms();
         if ev.ts > 0 && now >= ev.ts {
-            metrics::histogram!(telemetry::DELIVERY_LATENCY).record((now - ev.ts) as f64 / 1000.0);
+            hot.delivery_latency.record((now - ev.ts) as f64 / 1000.0);
         }
         let frame = ServerFrame::Event(ev.clone());
-        let mut encoded: [Option<Message>; 3] = [None, None, None];
+        // One encoding per kind, its bytes shared by every subscriber of that kind.
+        let mut encoded: [Option<(Message, usize)>; 3] = [None, None, None];
         let mut delivered = 0;
-        for conn in subs.values() {
-            let msg = encoded[conn.encoding.index()].get_or_insert_with(|| to_message(conn.encoding, &frame));
-            if conn.push(msg.clone()) {
+        let mut queued = 0;
+        for conn in &subs.list {
+            let (msg, len) = encoded[conn.encoding.index()].get_or_insert_with(|| {
+                let m = to_message(conn.encoding, &frame);
+                let len = message_len(&m);
+                (m, len)
+            });
+            if conn.enqueue(msg.clone(), *len) {
                 delivered += 1;
+                queued += *len;
             }
         }
-        metrics::counter!(telemetry::DELIVERIES).increment(delivered as u64);
+        drop(shard);
+        hot.queue_bytes.increment(queued as f64);
+        hot.deliveries.increment(delivered as u64);
         delivered
     }
 
@@ -199,7 +282,7 @@ impl Hub {
         for shard in self.shards.iter() {
             let shard = read(shard);
             s.channels += shard.len();
-            s.subscriptions += shard.values().map(HashMap::len).sum::<usize>();
+            s.subscriptions += shard.values().map(Subscribers::len).sum::<usize>();
         }
         s
     }
@@ -227,7 +310,14 @@ mod tests {
     }
 
     fn event(ch: &Channel) -> EventFrame {
-        EventFrame { channel: ch.clone(), event: "e".into(), data: serde_json::json!({"x":1}), id: "m".into(), ts: 0 }
+        EventFrame {
+            channel: ch.clone(),
+            event: "e".into(),
+            data: serde_json::json!({"x":1}),
+            id: "m".into(),
+            ts: 0,
+            from: None,
+        }
     }
 
     #[tokio::test]
@@ -241,12 +331,12 @@ mod tests {
         assert!(!hub.subscribe(&ch, &b));
         hub.subscribe(&ch, &c);
         assert_eq!(hub.deliver(&event(&ch)), 3);
-        let (Some(Message::Text(x)), Some(Message::Text(y))) = (ao.rx.recv().await, bo.rx.recv().await) else {
+        let (Some(Message::Text(x)), Some(Message::Text(y))) = (ao.recv().await, bo.recv().await) else {
             panic!("text expected")
         };
         // Same allocation: one encode, shared.
         assert_eq!(x.as_str().as_ptr(), y.as_str().as_ptr());
-        assert!(matches!(co.rx.recv().await, Some(Message::Binary(_))));
+        assert!(matches!(co.recv().await, Some(Message::Binary(_))));
         assert!(!hub.unsubscribe(&ch, 1));
         assert!(!hub.unsubscribe(&ch, 2));
         assert!(hub.unsubscribe(&ch, 3));
@@ -268,8 +358,61 @@ mod tests {
         assert_eq!(slow.close_requested().map(|c| c.code), Some(gateway_protocol::CloseCode::SlowConsumer));
         assert!(fast.close_requested().is_none());
         for _ in 0..5 {
-            assert!(fo.rx.recv().await.is_some());
+            assert!(fo.recv().await.is_some());
         }
+    }
+
+    #[test]
+    fn large_channels_swap_remove_through_the_index() {
+        let hub = Hub::default();
+        let ch = Channel::parse("session:big").unwrap();
+        let conns: Vec<_> = (0..100).map(|i| conn(i, Encoding::Json, 8)).collect();
+        for (c, _) in &conns {
+            hub.subscribe(&ch, c);
+        }
+        assert!(!hub.subscribe(&ch, &conns[7].0), "a second subscribe is not a new subscriber");
+        assert_eq!(hub.stats().subscriptions, 100);
+        // Leave out of order: every survivor must still be found and delivered to.
+        for id in (0..100).filter(|i| i % 3 == 0) {
+            assert!(!hub.unsubscribe(&ch, id));
+        }
+        assert!(!hub.unsubscribe(&ch, 3), "already gone");
+        assert_eq!(hub.stats().subscriptions, 66);
+        assert_eq!(hub.deliver(&event(&ch)), 66);
+        for (c, _) in &conns {
+            assert_eq!(c.queued_frames(), usize::from(c.id % 3 != 0));
+        }
+        for id in (0..100).filter(|i| i % 3 != 0) {
+            hub.unsubscribe(&ch, id);
+        }
+        assert!(!hub.has_subscribers(&ch));
+        assert_eq!(hub.stats(), HubStats::default());
+    }
+
+    #[test]
+    fn queue_bounds_and_burst_memory() {
+        let p = Principal { kind: PrincipalKind::User, id: "u".into() };
+        // Byte bound: 3 × 4 bytes fit in 12, the fourth frame closes.
+        let (h, mut o) = ConnHandle::new(1, "c".into(), p.clone(), Encoding::Json, 100, 12);
+        for _ in 0..3 {
+            assert!(h.push(Message::Text("abcd".into())));
+        }
+        assert!(!h.push(Message::Text("abcd".into())));
+        assert_eq!(h.close_requested().map(|c| c.code), Some(gateway_protocol::CloseCode::SlowConsumer));
+        assert!(!h.push(Message::Text("a".into())), "closing: refused");
+        assert_eq!(h.queued_bytes(), 12);
+        assert_eq!(o.discard(), 12);
+        assert_eq!((h.queued_frames(), h.queued_bytes()), (0, 0));
+        // A burst grows the queue; emptying it gives the storage back.
+        let (h, mut o) = ConnHandle::new(2, "c".into(), p, Encoding::Json, 1000, 1 << 20);
+        for _ in 0..500 {
+            assert!(h.push(Message::Text("x".into())));
+        }
+        let mut n = 0;
+        while o.pop().is_some() {
+            n += 1;
+        }
+        assert_eq!((n, h.queued_frames(), h.queued_bytes(), h.queue_capacity()), (500, 0, 0, 0));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! Counters end in `_total`, histograms in `_seconds`; every name starts with `gateway_`.
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::LogFormat;
@@ -81,6 +82,45 @@ pub fn prometheus() -> &'static PrometheusHandle {
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
         }
     })
+}
+
+/// Handles of the metrics touched once per message or per event, resolved once: a
+/// `metrics::counter!` lookup per message costs a hash and a lock in the recorder.
+pub struct Hot {
+    /// [`DELIVERIES`].
+    pub deliveries: Counter,
+    /// [`BYTES_OUT`].
+    pub bytes_out: Counter,
+    /// [`QUEUE_BYTES`].
+    pub queue_bytes: Gauge,
+    /// [`DROPS`] `reason=closing`.
+    pub drops_closing: Counter,
+    /// [`DROPS`] `reason=slow_consumer`.
+    pub drops_slow_consumer: Counter,
+    /// [`DROPS`] `reason=no_subscribers`.
+    pub drops_no_subscribers: Counter,
+    /// [`DELIVERY_LATENCY`].
+    pub delivery_latency: Histogram,
+}
+
+static HOT: LazyLock<Hot> = LazyLock::new(|| {
+    // A handle taken before the recorder is installed would stay a no-op for good, so
+    // make sure it is (the router installs it too; this is the same, idempotent call).
+    prometheus();
+    Hot {
+        deliveries: metrics::counter!(DELIVERIES),
+        bytes_out: metrics::counter!(BYTES_OUT),
+        queue_bytes: metrics::gauge!(QUEUE_BYTES),
+        drops_closing: metrics::counter!(DROPS, "reason" => "closing"),
+        drops_slow_consumer: metrics::counter!(DROPS, "reason" => "slow_consumer"),
+        drops_no_subscribers: metrics::counter!(DROPS, "reason" => "no_subscribers"),
+        delivery_latency: metrics::histogram!(DELIVERY_LATENCY),
+    }
+});
+
+/// The cached hot-path handles.
+pub fn hot() -> &'static Hot {
+    &HOT
 }
 
 /// Installs the global tracing subscriber (`RUST_LOG` filters, default `info`).

@@ -4,15 +4,17 @@
 //! overflow either closes the connection as a slow consumer (4009) instead of blocking
 //! the publisher or growing memory. Other subscribers are unaffected.
 
-use std::sync::{
-    Arc, OnceLock,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use axum::extract::ws::Message;
 use gateway_protocol::{CloseCode, DisconnectReason, Encoding, Principal};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::telemetry;
 
@@ -51,22 +53,78 @@ pub struct ConnHandle {
     pub principal: Principal,
     /// Its encoding, so the hub picks the right shared bytes.
     pub encoding: Encoding,
-    /// Outbound frames, bounded in count.
-    tx: mpsc::Sender<Message>,
-    /// Bytes currently queued, bounded by `max_bytes`.
-    queued: AtomicUsize,
+    /// Outbound frames and their bytes. Allocates nothing until the first push, and
+    /// gives its storage back whenever the writer empties it.
+    queue: Mutex<Queue>,
+    /// Wakes the writer: a frame arrived in an empty queue, or a close was asked for.
+    ready: Notify,
+    /// Wakes everything waiting in [`ConnHandle::closed`].
+    closed: Notify,
+    /// Set once a close is asked for; pushes are refused from then on.
+    closing: AtomicBool,
+    /// Frame bound of the queue.
+    max_frames: usize,
     /// Byte bound of the queue.
     max_bytes: usize,
-    /// Cancelled to make the connection's task close the socket.
-    closer: CancellationToken,
     /// The first close asked for wins.
     close: OnceLock<Close>,
 }
 
-/// The receiving half of an outbound queue, owned by the connection's task.
+/// The outbound queue proper.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Frames to write, oldest first.
+    msgs: VecDeque<Message>,
+    /// Payload bytes of `msgs`.
+    bytes: usize,
+}
+
+/// The connection task's end of the outbound queue (the frames themselves live in the
+/// handle; this is what the writer drains them through).
 pub struct Outbox {
-    /// Frames to write.
-    pub rx: mpsc::Receiver<Message>,
+    /// The queue's owner.
+    handle: Arc<ConnHandle>,
+}
+
+impl Outbox {
+    /// The oldest queued frame, if any; its bytes leave the byte budget now (the caller
+    /// accounts the queue-bytes gauge). Does not wait.
+    pub fn pop(&mut self) -> Option<Message> {
+        self.handle.pop()
+    }
+
+    /// The next frame, waiting for one; `None` once a close is asked for and nothing is
+    /// queued. For tests and simple consumers; the writer takes batches with `pop`.
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(m) = self.pop() {
+                telemetry::hot().queue_bytes.decrement(message_len(&m) as f64);
+                return Some(m);
+            }
+            if self.handle.is_closing() {
+                return None;
+            }
+            self.ready().await;
+        }
+    }
+
+    /// Resolves when a frame may be waiting or a close was asked for. It may wake
+    /// spuriously: pop, and wait again if nothing came. Frames pushed between an empty
+    /// `pop` and this wait are not missed (the wake-up is kept until taken).
+    pub async fn ready(&self) {
+        self.handle.ready.notified().await;
+    }
+
+    /// Drops every queued frame (the connection is gone) and gives back their bytes.
+    pub fn discard(&mut self) -> usize {
+        let mut q = self.handle.lock();
+        let bytes = std::mem::take(&mut q.bytes);
+        let msgs = std::mem::take(&mut q.msgs);
+        drop(q);
+        drop(msgs);
+        telemetry::hot().queue_bytes.decrement(bytes as f64);
+        bytes
+    }
 }
 
 impl ConnHandle {
@@ -79,59 +137,107 @@ impl ConnHandle {
         max_frames: usize,
         max_bytes: usize,
     ) -> (Arc<Self>, Outbox) {
-        let (tx, rx) = mpsc::channel(max_frames);
-        let h = ConnHandle {
+        let h = Arc::new(ConnHandle {
             id,
             connection_id,
             principal,
             encoding,
-            tx,
-            queued: AtomicUsize::new(0),
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            closed: Notify::new(),
+            closing: AtomicBool::new(false),
+            max_frames,
             max_bytes,
-            closer: CancellationToken::new(),
             close: OnceLock::new(),
-        };
-        (Arc::new(h), Outbox { rx })
+        });
+        (h.clone(), Outbox { handle: h })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a frame without waiting. On overflow the connection is closed as a slow
     /// consumer and `false` returned; the frame is dropped.
     pub fn push(&self, msg: Message) -> bool {
-        if self.closer.is_cancelled() {
-            metrics::counter!(telemetry::DROPS, "reason" => "closing").increment(1);
+        let len = message_len(&msg);
+        let ok = self.enqueue(msg, len);
+        if ok {
+            telemetry::hot().queue_bytes.increment(len as f64);
+        }
+        ok
+    }
+
+    /// [`ConnHandle::push`] without the queue-bytes gauge, for a caller that accounts
+    /// many pushes at once (the hub, once per event). `len` is `message_len(&msg)`.
+    pub(crate) fn enqueue(&self, msg: Message, len: usize) -> bool {
+        if self.is_closing() {
+            telemetry::hot().drops_closing.increment(1);
             return false;
         }
-        let len = message_len(&msg);
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        if before + len > self.max_bytes || self.tx.try_send(msg).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            metrics::counter!(telemetry::DROPS, "reason" => "slow_consumer").increment(1);
+        let mut q = self.lock();
+        if q.msgs.len() >= self.max_frames || q.bytes + len > self.max_bytes {
+            drop(q);
+            telemetry::hot().drops_slow_consumer.increment(1);
             if self.close(Close::bare(CloseCode::SlowConsumer)) {
                 metrics::counter!(telemetry::SLOW_CONSUMER_CLOSES).increment(1);
                 tracing::info!(conn = %self.connection_id, "slow consumer: outbound queue full");
             }
             return false;
         }
-        metrics::gauge!(telemetry::QUEUE_BYTES).increment(len as f64);
+        let was_empty = q.msgs.is_empty();
+        if q.msgs.capacity() == 0 {
+            // Most queues hold one frame at a time: start small.
+            q.msgs.reserve_exact(INITIAL_FRAMES);
+        }
+        q.msgs.push_back(msg);
+        q.bytes += len;
+        drop(q);
+        // The writer only sleeps on an empty queue, so only the first frame wakes it.
+        if was_empty {
+            self.ready.notify_one();
+        }
         true
     }
 
-    /// Marks `msg` as written (leaves the byte budget).
-    pub fn sent(&self, msg: &Message) {
-        let len = message_len(msg);
-        self.queued.fetch_sub(len, Ordering::Relaxed);
-        metrics::gauge!(telemetry::QUEUE_BYTES).decrement(len as f64);
+    fn pop(&self) -> Option<Message> {
+        let mut q = self.lock();
+        let m = q.msgs.pop_front()?;
+        q.bytes -= message_len(&m);
+        if q.msgs.is_empty() && q.msgs.capacity() > KEEP_FRAMES {
+            // A burst is over: do not let it pin memory for the connection's life.
+            q.msgs = VecDeque::new();
+        }
+        Some(m)
     }
 
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.lock().bytes
+    }
+
+    /// Frames queued now.
+    pub fn queued_frames(&self) -> usize {
+        self.lock().msgs.len()
+    }
+
+    /// Frames the queue has room for without growing.
+    pub fn queue_capacity(&self) -> usize {
+        self.lock().msgs.capacity()
+    }
+
+    /// Whether a close was asked for.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Asks the connection to close. Returns true if this was the first request.
     pub fn close(&self, close: Close) -> bool {
         let first = self.close.set(close).is_ok();
-        self.closer.cancel();
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.closed.notify_waiters();
+            self.ready.notify_one();
+        }
         first
     }
 
@@ -141,10 +247,22 @@ impl ConnHandle {
     }
 
     /// Resolves when a close is asked for.
-    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.closer.cancelled()
+    pub async fn closed(&self) {
+        loop {
+            // Registered before the check: a close between the two still wakes it.
+            let notified = self.closed.notified();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
+
+/// Frames the queue makes room for on its first push.
+const INITIAL_FRAMES: usize = 2;
+/// Capacity an emptied queue keeps; above it the storage is freed.
+const KEEP_FRAMES: usize = 4;
 
 /// Payload length of a message, for the byte budget.
 pub fn message_len(msg: &Message) -> usize {

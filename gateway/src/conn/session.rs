@@ -202,9 +202,7 @@ impl Session {
                 done.push(ch);
                 continue;
             }
-            if self.channels.len() >= self.node.cfg.limits.max_channels
-                || checks >= self.node.cfg.limits.max_channels
-            {
+            if self.channels.len() >= self.node.cfg.limits.max_channels || checks >= self.node.cfg.limits.max_channels {
                 rejected.push(reject(name, ErrorBody::new(ErrorCode::LimitExceeded, "too many channels")));
                 continue;
             }

@@ -392,8 +392,14 @@ impl Bus for NatsBus {
     }
 
     async fn publish(&self, ev: &EventFrame) -> Result<(), BusError> {
-        let body = serde_json::to_vec(&WireEventRef { event: &ev.event, data: &ev.data, id: &ev.id, ts: ev.ts, from: ev.from.as_ref() })
-            .map_err(|e| bad_request(format!("event body: {e}")))?;
+        let body = serde_json::to_vec(&WireEventRef {
+            event: &ev.event,
+            data: &ev.data,
+            id: &ev.id,
+            ts: ev.ts,
+            from: ev.from.as_ref(),
+        })
+        .map_err(|e| bad_request(format!("event body: {e}")))?;
         self.send(ev.channel.subject(&self.prefix), None, body).await
     }
 
