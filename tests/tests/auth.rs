@@ -397,3 +397,26 @@ async fn refresh_before_expiry_keeps_the_connection() -> anyhow::Result<()> {
     assert!(matches!(c.recv_timeout(WAIT).await?, Received::Frame(ServerFrame::Pong { .. })));
     node.stop().await
 }
+
+#[tokio::test]
+async fn refresh_with_fewer_claims_leaves_channels_no_longer_allowed() -> anyhow::Result<()> {
+    let node = TestNode::embedded().await?;
+    let t = user_token("u1", &["p1", "p2"], &[], LONG);
+    let mut c = Client::connect(Connect::new(node.ws("")).bearer(&t)).await?;
+    connected(&mut c).await?;
+    subscribe(&mut c, "s", &["project:p1", "project:p2"], None).await?;
+    c.send(&ClientFrame::Refresh { id: Some("r".into()), token: user_token("u1", &["p1"], &[], LONG) }).await?;
+    let r = response(&mut c, "r").await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert_eq!(r["left"], json!(["project:p2"]), "{r}");
+    let (status, _) = node.publish("project:p2", "after", json!(1)).await?;
+    assert_eq!(status, 202);
+    node.publish("project:p1", "kept", json!(1)).await?;
+    let e = c
+        .recv_until(WAIT, |r| match r {
+            Received::Frame(ServerFrame::Event(e)) if !e.event.starts_with("presence.") => Some(e.clone()),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(e.event, "kept");
+    node.stop().await
+}

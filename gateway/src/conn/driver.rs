@@ -163,9 +163,10 @@ async fn finish<W, R, E>(
             }
         }
         ReadEnd::PeerClosed => answer_close(&mut sink).await,
-        ReadEnd::PeerGone => {}
+        ReadEnd::PeerGone | ReadEnd::DeadPeer => {}
     }
-    metrics::counter!(telemetry::CLOSES, "reason" => close.code.reason()).increment(1);
+    let reason = if matches!(ended, ReadEnd::DeadPeer) { "heartbeat_timeout" } else { close.code.reason() };
+    metrics::counter!(telemetry::CLOSES, "reason" => reason).increment(1);
     // Frames still queued are dropped with the connection; give back their bytes.
     outbox.discard();
     session.finish().await;
@@ -178,8 +179,10 @@ enum ReadEnd {
     Server,
     /// The peer sent a close frame: answer it to complete the closing handshake.
     PeerClosed,
-    /// The peer is gone (EOF, socket error, no pong): nothing can be sent.
+    /// The peer is gone (EOF, socket error): nothing can be sent.
     PeerGone,
+    /// No pong within the heartbeat timeout: treated as gone.
+    DeadPeer,
 }
 
 /// Completes a closing handshake the peer started. The WebSocket layer queues the echo
@@ -323,9 +326,8 @@ where
             () = &mut timer => {
                 let now = Instant::now();
                 if pong_due.is_some_and(|t| now >= t) {
-                    metrics::counter!(telemetry::CLOSES, "reason" => "heartbeat_timeout").increment(1);
                     handle.close(Close::bare(CloseCode::GoingAway));
-                    return ReadEnd::PeerGone;
+                    return ReadEnd::DeadPeer;
                 }
                 if now >= expires {
                     Flow::Close(Close::with_notice(CloseCode::TokenExpired, DisconnectReason::TokenExpired, true))

@@ -13,7 +13,8 @@ use std::{
 
 use axum::extract::ws::Message;
 use gateway_protocol::{
-    Channel, ClientFrame, CloseCode, DisconnectReason, ErrorBody, ErrorCode, PrincipalKind, ServerFrame, now_ms,
+    Channel, ClientFrame, CloseCode, DisconnectReason, ErrorBody, ErrorCode, Namespace, PrincipalKind, ServerFrame,
+    now_ms,
 };
 use serde_json::{Value, json};
 
@@ -160,7 +161,7 @@ impl Session {
             ClientFrame::Request { id, method, params } => self.request(id, method, params).await,
             ClientFrame::Publish { id, channel, event, data } => self.publish(id, &channel, event, data).await,
             ClientFrame::Send { id, event, data } => self.send(id, &event, &data).await,
-            ClientFrame::Refresh { id, token } => self.refresh(id, &token),
+            ClientFrame::Refresh { id, token } => self.refresh(id, &token).await,
             ClientFrame::Ping => self.reply(&ServerFrame::Pong { ts: now_ms() }),
         }
         Flow::Continue
@@ -333,7 +334,7 @@ impl Session {
         }
     }
 
-    fn refresh(&mut self, id: Option<String>, token: &str) {
+    async fn refresh(&mut self, id: Option<String>, token: &str) {
         let outcome = self.node.auth.verify_jwt(token).map_err(|e| ErrorBody::from(&e)).and_then(|fresh| {
             if fresh.principal != self.identity.principal {
                 return Err(ErrorBody::new(ErrorCode::Forbidden, "token is for another principal"));
@@ -344,12 +345,32 @@ impl Session {
             Ok(fresh) => {
                 let expires = fresh.expires_at_ms;
                 self.identity = fresh;
+                let left = self.recheck_channels().await;
                 if let Some(id) = id {
-                    self.reply(&ServerFrame::ok(id, json!({ "expiresAt": expires })));
+                    self.reply(&ServerFrame::ok(id, json!({ "expiresAt": expires, "left": left })));
                 }
             }
             Err(e) => self.fail(id, e),
         }
+    }
+
+    /// After a refresh, leaves the channels the new claims no longer allow. Session
+    /// channels are kept: they were granted by a channel token or a backend, not by the
+    /// claims.
+    async fn recheck_channels(&mut self) -> Vec<Channel> {
+        let timeout = ms(self.node.cfg.fabric.request_timeout_ms);
+        let mut left = Vec::new();
+        for ch in self.channels.clone() {
+            if ch.namespace() == Namespace::Session {
+                continue;
+            }
+            let n = &self.node;
+            if n.access.may_subscribe(&self.identity, &ch, None, &n.auth, &*n.bus, timeout).await.is_err() {
+                self.leave(&ch).await;
+                left.push(ch);
+            }
+        }
+        left
     }
 
     async fn request(&mut self, id: String, method: String, params: Value) {
@@ -395,7 +416,10 @@ impl Session {
     /// Forwards a method to backends on a tracked task, so a slow backend does not stall
     /// this connection's other frames.
     fn forward(&self, id: String, method: String, params: Value) {
-        if method.is_empty() || method.len() > MAX_NAME_LEN || crate::bus::rpc_subject("gw", &method).is_none() {
+        if method.is_empty()
+            || method.len() > MAX_NAME_LEN
+            || crate::bus::rpc_subject(&self.node.cfg.subject_prefix, &method).is_none()
+        {
             return self.fail(Some(id), ErrorBody::new(ErrorCode::BadRequest, "invalid method name"));
         }
         if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.node.cfg.limits.max_inflight_requests {
