@@ -38,7 +38,9 @@ for s in "${scenarios[@]}"; do
     idle)       run idle --n 15000 || status=1 ;;
     fanout)     run fanout --n 10000 --rate 20 --duration 10 || status=1 ;;
     fanout-max) run fanout --n 10000 --rate 20 --duration 10 --find-max || status=1 ;;
-    cluster)    run cluster --nodes 3 --n 9000 --deliveries 20000 --duration 10 || status=1 ;;
+    # One channel (every event to all 9,000) and 300 channels (30 subscribers each).
+    cluster)    run cluster --nodes 3 --n 9000 --deliveries 20000 --duration 10 || status=1
+                run cluster --nodes 3 --n 9000 --deliveries 20000 --duration 10 --channels 300 || status=1 ;;
     churn)      run churn --cycles 100000 || status=1 ;;
     *) echo "unknown scenario: $s (idle|fanout|fanout-max|cluster|churn)" >&2; status=2 ;;
   esac
