@@ -76,6 +76,7 @@ pub async fn run(
     let shutdown = Shutdown::new();
     let node = build(cfg.clone(), &tasks, &shutdown).await?;
     tasks.spawn(node.clone().maintain_presence());
+    tasks.spawn(telemetry::upkeep(shutdown.stop_token()));
     let app = http::router(node.clone()).fallback(http::not_found);
     let stopped = shutdown.clone();
     let server = tokio::spawn(async move {

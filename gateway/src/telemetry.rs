@@ -84,6 +84,21 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// How often histogram samples are folded into their buckets. The recorder keeps raw
+/// samples until then, so without this memory grows with every recorded value.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Folds recorded histogram samples into buckets every [`UPKEEP_INTERVAL`] until `stop`.
+pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => prometheus().run_upkeep(),
+        }
+    }
+}
+
 /// Handles of the metrics touched once per message or per event, resolved once: a
 /// `metrics::counter!` lookup per message costs a hash and a lock in the recorder.
 pub struct Hot {
