@@ -103,6 +103,29 @@ where
     }
 }
 
+/// Starts `name` on fresh free ports (up to [`START_ATTEMPTS`] times): `command` builds its
+/// command line for the ports, `ready` probes the first port. Returns that port and the child.
+async fn start_server<const N: usize, Fut>(
+    name: &str,
+    log: &Path,
+    command: impl Fn([u16; N]) -> Command,
+    ready: impl Fn(u16) -> Fut,
+) -> anyhow::Result<(u16, Child)>
+where
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut last = None;
+    for _ in 0..START_ATTEMPTS {
+        let ports = free_ports::<N>()?;
+        let port = ports[0];
+        match launch(command(ports), log, || ready(port)).await {
+            Ok(child) => return Ok((port, child)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{name} did not start")).context(name.to_owned()))
+}
+
 /// Kills and reaps a child, bounded.
 async fn kill(mut child: Child) {
     let _ = child.start_kill();
@@ -119,18 +142,14 @@ pub struct Nats {
 impl Nats {
     /// Starts one and waits until it accepts connections.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        let mut last = None;
-        for _ in 0..START_ATTEMPTS {
-            let [port, mport] = free_ports::<2>()?;
+        let command = |[port, mport]: [u16; 2]| {
             let mut cmd = Command::new("nats-server");
             cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-m", &mport.to_string(), "-sd"])
                 .arg(dir.join(format!("js-{port}")));
-            match launch(cmd, &dir.join("nats.log"), || accepts(port)).await {
-                Ok(child) => return Ok(Nats { url: format!("nats://127.0.0.1:{port}"), child }),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("nats-server did not start")).context("nats-server"))
+            cmd
+        };
+        let (port, child) = start_server("nats-server", &dir.join("nats.log"), command, accepts).await?;
+        Ok(Nats { url: format!("nats://127.0.0.1:{port}"), child })
     }
 
     /// Stops it.
@@ -149,20 +168,16 @@ pub struct Redis {
 impl Redis {
     /// Starts one and waits until it answers PING.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        let mut last = None;
-        for _ in 0..START_ATTEMPTS {
-            let [port] = free_ports::<1>()?;
+        let command = |[port]: [u16; 1]| {
             let mut cmd = Command::new("redis-server");
             cmd.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--port", &port.to_string()])
                 .arg("--dir")
                 .arg(dir)
                 .args(["--maxclients", "10000"]);
-            match launch(cmd, &dir.join("redis.log"), || pong(port)).await {
-                Ok(child) => return Ok(Redis { url: format!("redis://127.0.0.1:{port}"), child }),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")).context("redis-server"))
+            cmd
+        };
+        let (port, child) = start_server("redis-server", &dir.join("redis.log"), command, pong).await?;
+        Ok(Redis { url: format!("redis://127.0.0.1:{port}"), child })
     }
 
     /// Stops it.

@@ -12,7 +12,7 @@ use tokio::{
     time::{Instant, timeout},
 };
 
-use crate::proto::{ChurnSpec, Cmd, ConnectSpec, Ev, hist_add, merge_counts, new_hist};
+use crate::proto::{ChurnSpec, Cmd, ConnectSpec, Ev, Tally, hist_add, merge_counts, new_hist};
 
 /// One worker process.
 pub struct Worker {
@@ -73,20 +73,41 @@ impl Worker {
     }
 }
 
-/// The result of a connect phase, over all workers.
-pub struct ConnectOutcome {
-    /// Connections open and subscribed.
+/// The totals of a connect phase or a churn run, over all workers.
+pub struct Totals {
+    /// Connections open and subscribed (or cycles completed).
     pub ok: u64,
-    /// Failed handshakes.
+    /// Failed handshakes (or cycles failed or not run).
     pub failed: u64,
     /// Reason → count.
     pub errors: BTreeMap<String, u64>,
     /// µs to `connected`.
     pub handshake: Histogram<u64>,
+    /// Wall time (the slowest worker).
+    pub elapsed: Duration,
+}
+
+impl Totals {
+    fn new() -> Self {
+        Totals { ok: 0, failed: 0, errors: BTreeMap::new(), handshake: new_hist(), elapsed: Duration::ZERO }
+    }
+
+    /// Adds one worker's tally.
+    fn add(&mut self, t: &Tally) {
+        self.ok += t.ok;
+        self.failed += t.failed;
+        merge_counts(&mut self.errors, &t.errors);
+        hist_add(&mut self.handshake, &t.handshake);
+        self.elapsed = self.elapsed.max(Duration::from_millis(t.elapsed_ms));
+    }
+}
+
+/// The result of a connect phase, over all workers.
+pub struct ConnectOutcome {
+    /// Connections open and subscribed, failures, handshake latency.
+    pub totals: Totals,
     /// µs to the subscribe response.
     pub ready: Histogram<u64>,
-    /// Wall time of the phase (the slowest worker).
-    pub elapsed: Duration,
 }
 
 /// The result of one measured phase, over all workers.
@@ -107,20 +128,6 @@ pub struct PhaseOutcome {
     pub latency: Histogram<u64>,
     /// Time of the phase's first and last receipt (µs since the epoch).
     pub span_us: Option<(u64, u64)>,
-}
-
-/// The result of a churn run, over all workers.
-pub struct ChurnOutcome {
-    /// Cycles completed.
-    pub ok: u64,
-    /// Cycles failed or not run.
-    pub failed: u64,
-    /// Reason → count.
-    pub errors: BTreeMap<String, u64>,
-    /// µs to `connected`.
-    pub handshake: Histogram<u64>,
-    /// Wall time.
-    pub elapsed: Duration,
 }
 
 /// All workers of a run.
@@ -162,26 +169,15 @@ impl Pool {
     pub async fn connect(&mut self, n: u64, template: &ConnectSpec, limit: Duration) -> anyhow::Result<ConnectOutcome> {
         let shares = split(n, self.workers.len());
         for (w, (first, count)) in self.workers.iter_mut().zip(shares) {
-            let spec = ConnectSpec { first, count, ..template.clone() };
+            let spec = ConnectSpec { clients: template.clients.share(first, count), ..template.clone() };
             w.send(&Cmd::Connect(spec)).await?;
         }
         let answers = self.gather(limit, n, "connected").await?;
-        let mut out = ConnectOutcome {
-            ok: 0,
-            failed: 0,
-            errors: BTreeMap::new(),
-            handshake: new_hist(),
-            ready: new_hist(),
-            elapsed: Duration::ZERO,
-        };
+        let mut out = ConnectOutcome { totals: Totals::new(), ready: new_hist() };
         for a in answers {
-            if let Ev::Connected { ok, failed, errors, handshake, ready, elapsed_ms } = a {
-                out.ok += ok;
-                out.failed += failed;
-                merge_counts(&mut out.errors, &errors);
-                hist_add(&mut out.handshake, &handshake);
+            if let Ev::Connected { tally, ready } = a {
+                out.totals.add(&tally);
                 hist_add(&mut out.ready, &ready);
-                out.elapsed = out.elapsed.max(Duration::from_millis(elapsed_ms));
             }
         }
         Ok(out)
@@ -269,28 +265,22 @@ impl Pool {
     }
 
     /// Runs `cycles` churn cycles split between the workers.
-    pub async fn churn(&mut self, cycles: u64, template: &ChurnSpec, limit: Duration) -> anyhow::Result<ChurnOutcome> {
+    pub async fn churn(&mut self, cycles: u64, template: &ChurnSpec, limit: Duration) -> anyhow::Result<Totals> {
         let shares = split(cycles, self.workers.len());
         let n = self.workers.len();
         for (w, (first, count)) in self.workers.iter_mut().zip(shares) {
             let spec = ChurnSpec {
-                first: template.first + first,
-                count,
+                clients: template.clients.share(template.clients.first + first, count),
                 concurrency: template.concurrency.div_ceil(n).max(1),
                 ..template.clone()
             };
             w.send(&Cmd::Churn(spec)).await?;
         }
         let answers = self.gather(limit, cycles, "churn cycles").await?;
-        let mut out =
-            ChurnOutcome { ok: 0, failed: 0, errors: BTreeMap::new(), handshake: new_hist(), elapsed: Duration::ZERO };
+        let mut out = Totals::new();
         for a in answers {
-            if let Ev::ChurnDone { ok, failed, errors, handshake, elapsed_ms } = a {
-                out.ok += ok;
-                out.failed += failed;
-                merge_counts(&mut out.errors, &errors);
-                hist_add(&mut out.handshake, &handshake);
-                out.elapsed = out.elapsed.max(Duration::from_millis(elapsed_ms));
+            if let Ev::ChurnDone(tally) = a {
+                out.add(&tally);
             }
         }
         Ok(out)

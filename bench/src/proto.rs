@@ -6,21 +6,38 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-/// Which connections a worker opens and what they join.
+/// Whose clients a worker runs and where they connect; shared by [`ConnectSpec`] and
+/// [`ChurnSpec`]. Connection (or cycle) `i` is the worker's `i`-th from `first`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConnectSpec {
+pub struct Clients {
     /// `ws://host:port/ws` of every target node; connection `i` goes to `targets[i % len]`.
     pub targets: Vec<String>,
     /// HS256 secret to mint user tokens with.
     pub secret: String,
-    /// User ids are `<user_prefix><global index>`.
+    /// User ids are `<user_prefix><global index>` (churn: `<user_prefix><first>-<slot>`, one
+    /// user per concurrency slot).
     pub user_prefix: String,
-    /// Global index of this worker's first connection.
+    /// Global index of this worker's first connection (or cycle).
     pub first: u64,
-    /// How many connections this worker opens.
+    /// How many connections this worker opens (or cycles it runs).
     pub count: u64,
     /// Source addresses, connection `i` binds `src_ips[i % len]`.
     pub src_ips: Vec<Ipv4Addr>,
+}
+
+impl Clients {
+    /// The same clients with another share: from `first`, `count` of them.
+    pub fn share(&self, first: u64, count: u64) -> Self {
+        Clients { first, count, ..self.clone() }
+    }
+}
+
+/// Which connections a worker opens and what they join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectSpec {
+    /// Who connects, where, and this worker's share.
+    #[serde(flatten)]
+    pub clients: Clients,
     /// Shared channels; connection `i` joins `channels[i % len]` (besides its user channel).
     pub channels: Vec<String>,
     /// Handshakes in flight at once.
@@ -32,18 +49,9 @@ pub struct ConnectSpec {
 /// A churn run: cycles of connect → subscribe → close.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChurnSpec {
-    /// As in [`ConnectSpec`].
-    pub targets: Vec<String>,
-    /// HS256 secret.
-    pub secret: String,
-    /// User ids are `<user_prefix><slot>` (one user per concurrency slot).
-    pub user_prefix: String,
-    /// Global index of this worker's first cycle.
-    pub first: u64,
-    /// Cycles this worker runs.
-    pub count: u64,
-    /// Source addresses.
-    pub src_ips: Vec<Ipv4Addr>,
+    /// Who connects, where, and this worker's share of the cycles.
+    #[serde(flatten)]
+    pub clients: Clients,
     /// The channel each cycle joins.
     pub channel: String,
     /// Cycles in flight at once.
@@ -76,6 +84,21 @@ pub enum Cmd {
     Close,
 }
 
+/// What a worker's connect phase or churn run did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tally {
+    /// Handshakes (or cycles) that succeeded.
+    pub ok: u64,
+    /// Handshakes (or cycles) that failed or were not run, by reason in `errors`.
+    pub failed: u64,
+    /// Failure reason → count.
+    pub errors: BTreeMap<String, u64>,
+    /// TCP connect start → `connected` frame, µs.
+    pub handshake: Vec<(u64, u64)>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
 /// Worker → parent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
@@ -87,20 +110,13 @@ pub enum Ev {
         /// Failed.
         failed: u64,
     },
-    /// The connect phase ended.
+    /// The connect phase ended: `ok` counts connections open and subscribed.
     Connected {
-        /// Connections open and subscribed.
-        ok: u64,
-        /// Connections that failed, by reason in `errors`.
-        failed: u64,
-        /// Failure reason → count.
-        errors: BTreeMap<String, u64>,
-        /// TCP connect start → `connected` frame, µs.
-        handshake: Vec<(u64, u64)>,
+        /// Handshakes done, failed and their latency.
+        #[serde(flatten)]
+        tally: Tally,
         /// TCP connect start → subscribe response, µs.
         ready: Vec<(u64, u64)>,
-        /// Wall time of the connect phase.
-        elapsed_ms: u64,
     },
     /// A command was applied.
     Ack,
@@ -127,19 +143,8 @@ pub enum Ev {
         /// When the phase's last event arrived (µs since the epoch; 0 = none).
         last_us: u64,
     },
-    /// A churn run ended.
-    ChurnDone {
-        /// Cycles that completed.
-        ok: u64,
-        /// Cycles that failed.
-        failed: u64,
-        /// Failure reason → count.
-        errors: BTreeMap<String, u64>,
-        /// TCP connect start → `connected`, µs.
-        handshake: Vec<(u64, u64)>,
-        /// Wall time.
-        elapsed_ms: u64,
-    },
+    /// A churn run ended: `ok` counts cycles that completed.
+    ChurnDone(Tally),
     /// Connections closed; the worker exits.
     Closed {
         /// How many were closed.

@@ -31,7 +31,7 @@ use tokio_tungstenite::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    proto::{ChurnSpec, Cmd, ConnectSpec, Ev, hist_pairs, new_hist},
+    proto::{ChurnSpec, Cmd, ConnectSpec, Ev, Tally, hist_pairs, new_hist},
     token::mint,
 };
 
@@ -271,8 +271,8 @@ fn progress(ok: Arc<AtomicU64>, failed: Arc<AtomicU64>, done: CancellationToken)
 }
 
 async fn connect(spec: ConnectSpec, st: &Arc<State>) -> anyhow::Result<Ev> {
-    let targets = parse_targets(&spec.targets)?;
-    anyhow::ensure!(!spec.src_ips.is_empty(), "no source addresses");
+    let targets = parse_targets(&spec.clients.targets)?;
+    anyhow::ensure!(!spec.clients.src_ips.is_empty(), "no source addresses");
     *lock(&st.open_per_channel) = vec![0; spec.channels.len().max(1)];
     let began = Instant::now();
     let ok = Arc::new(AtomicU64::new(0));
@@ -285,12 +285,13 @@ async fn connect(spec: ConnectSpec, st: &Arc<State>) -> anyhow::Result<Ev> {
     let per = Duration::from_millis(spec.timeout_ms);
     let spec = &spec;
     let targets = &targets;
-    let mut results = futures_util::stream::iter(spec.first..spec.first + spec.count)
+    let mut results = futures_util::stream::iter(spec.clients.first..spec.clients.first + spec.clients.count)
         .map(|i| async move {
             let target = &targets[(i % targets.len() as u64) as usize];
-            let src = spec.src_ips[(i % spec.src_ips.len() as u64) as usize];
+            let src = spec.clients.src_ips[(i % spec.clients.src_ips.len() as u64) as usize];
             let ch = (i % spec.channels.len().max(1) as u64) as usize;
-            let token = mint(&spec.secret, &format!("{}{i}", spec.user_prefix)).map_err(|e| e.to_string())?;
+            let token =
+                mint(&spec.clients.secret, &format!("{}{i}", spec.clients.user_prefix)).map_err(|e| e.to_string())?;
             let channel = spec.channels.get(ch).map(String::as_str);
             match timeout(per, open(target, src, &token, channel)).await {
                 Ok(Ok((ws, hs, rd))) => Ok((ws, hs, rd, ch)),
@@ -319,12 +320,14 @@ async fn connect(spec: ConnectSpec, st: &Arc<State>) -> anyhow::Result<Ev> {
     }
     ticker.cancel();
     Ok(Ev::Connected {
-        ok: ok.load(Ordering::Relaxed),
-        failed: failed.load(Ordering::Relaxed),
-        errors,
-        handshake: hist_pairs(&handshake),
+        tally: Tally {
+            ok: ok.load(Ordering::Relaxed),
+            failed: failed.load(Ordering::Relaxed),
+            errors,
+            handshake: hist_pairs(&handshake),
+            elapsed_ms: began.elapsed().as_millis() as u64,
+        },
         ready: hist_pairs(&ready),
-        elapsed_ms: began.elapsed().as_millis() as u64,
     })
 }
 
@@ -342,8 +345,8 @@ async fn cycle(target: &Target, src: Ipv4Addr, token: &str, channel: &str) -> Re
 }
 
 async fn churn(spec: ChurnSpec) -> anyhow::Result<Ev> {
-    let targets = parse_targets(&spec.targets)?;
-    anyhow::ensure!(!spec.src_ips.is_empty(), "no source addresses");
+    let targets = parse_targets(&spec.clients.targets)?;
+    anyhow::ensure!(!spec.clients.src_ips.is_empty(), "no source addresses");
     let began = Instant::now();
     let deadline = began + Duration::from_millis(spec.deadline_ms);
     let next = Arc::new(AtomicU64::new(0));
@@ -368,17 +371,17 @@ async fn churn(spec: ChurnSpec) -> anyhow::Result<Ev> {
         );
         slots.push(tokio::spawn(async move {
             // One user per slot: a slot has at most one connection open at a time.
-            let user = format!("{}{}-{slot}", spec.user_prefix, spec.first);
-            let Ok(token) = mint(&spec.secret, &user) else { return };
+            let user = format!("{}{}-{slot}", spec.clients.user_prefix, spec.clients.first);
+            let Ok(token) = mint(&spec.clients.secret, &user) else { return };
             let per = Duration::from_millis(spec.timeout_ms);
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= spec.count || Instant::now() >= deadline {
+                if k >= spec.clients.count || Instant::now() >= deadline {
                     return;
                 }
-                let i = spec.first + k;
+                let i = spec.clients.first + k;
                 let target = &targets[(i % targets.len() as u64) as usize];
-                let src = spec.src_ips[(i % spec.src_ips.len() as u64) as usize];
+                let src = spec.clients.src_ips[(i % spec.clients.src_ips.len() as u64) as usize];
                 match timeout(per, cycle(target, src, &token, &spec.channel)).await {
                     Ok(Ok(hs)) => {
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -400,18 +403,18 @@ async fn churn(spec: ChurnSpec) -> anyhow::Result<Ev> {
         let _ = s.await;
     }
     ticker.cancel();
-    let undone = spec.count.saturating_sub(ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed));
+    let undone = spec.clients.count.saturating_sub(ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed));
     let mut errors = lock(&errors).clone();
     if undone > 0 {
         *errors.entry("not_run_deadline".into()).or_default() += undone;
     }
-    Ok(Ev::ChurnDone {
+    Ok(Ev::ChurnDone(Tally {
         ok: ok.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed) + undone,
         errors,
         handshake: hist_pairs(&lock(&handshake)),
         elapsed_ms: began.elapsed().as_millis() as u64,
-    })
+    }))
 }
 
 /// Closes every held connection (bounded) and returns how many there were.
