@@ -4,10 +4,7 @@
 //! the in-process fabric alone.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::AtomicUsize},
     time::Duration,
 };
 
@@ -24,6 +21,8 @@ use super::{
     ratelimit::{FrameLimiter, Verdict},
 };
 use crate::{auth::Identity, bus::Origin, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
+
+mod requests;
 
 /// Event names only the gateway publishes (presence join/leave).
 const RESERVED_EVENT_PREFIX: &str = "presence.";
@@ -371,89 +370,6 @@ impl Session {
             }
         }
         left
-    }
-
-    async fn request(&mut self, id: String, method: String, params: Value) {
-        match method.as_str() {
-            "channels.list" => {
-                let list: Vec<&str> = self.channels.iter().map(Channel::as_str).collect();
-                self.reply(&ServerFrame::ok(id, json!({ "channels": list })));
-            }
-            "presence.get" | "presence.stats" => {
-                let ch = match self.presence_channel(&params) {
-                    Ok(ch) => ch,
-                    Err(e) => return self.fail(Some(id), e),
-                };
-                let result = if method == "presence.get" {
-                    self.node.presence.members(&ch).await.map(|m| json!({ "channel": ch, "members": m }))
-                } else {
-                    self.node.presence.stats(&ch).await.map(|s| json!({ "channel": ch, "stats": s }))
-                };
-                match result {
-                    Ok(v) => self.reply(&ServerFrame::ok(id, v)),
-                    Err(e) => self.fail(Some(id), (&e).into()),
-                }
-            }
-            _ => self.forward(id, method, params),
-        }
-    }
-
-    fn presence_channel(&self, params: &Value) -> Result<Channel, ErrorBody> {
-        let name = params
-            .get("channel")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ErrorBody::new(ErrorCode::BadRequest, "params.channel is required"))?;
-        let ch = Channel::parse(name).map_err(|e| ErrorBody::from(&e))?;
-        if !self.identity.admin && !self.channels.contains(&ch) {
-            return Err(ErrorBody::new(ErrorCode::Forbidden, "subscribe to the channel first"));
-        }
-        if !self.node.access.tracks_presence(&ch) {
-            return Err(ErrorBody::new(ErrorCode::NotFound, "this namespace has no presence"));
-        }
-        Ok(ch)
-    }
-
-    /// Forwards a method to backends on a tracked task, so a slow backend does not stall
-    /// this connection's other frames.
-    fn forward(&self, id: String, method: String, params: Value) {
-        if method.is_empty()
-            || method.len() > MAX_NAME_LEN
-            || crate::bus::rpc_subject(&self.node.cfg.subject_prefix, &method).is_none()
-        {
-            return self.fail(Some(id), ErrorBody::new(ErrorCode::BadRequest, "invalid method name"));
-        }
-        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.node.cfg.limits.max_inflight_requests {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
-            return self.fail(Some(id), ErrorBody::new(ErrorCode::LimitExceeded, "too many requests in flight"));
-        }
-        let (node, handle, inflight) = (self.node.clone(), self.handle.clone(), self.inflight.clone());
-        let principal = self.identity.principal.clone();
-        let timeout = ms(node.cfg.fabric.request_timeout_ms);
-        self.node.tasks.spawn(async move {
-            let started = std::time::Instant::now();
-            let origin = Origin { principal: &principal, connection_id: &handle.connection_id, node: node.id() };
-            let call = node.bus.request(&origin, &method, &params, timeout);
-            let outcome = tokio::select! {
-                r = call => r,
-                _ = handle.closed() => { inflight.fetch_sub(1, Ordering::AcqRel); return; }
-                _ = node.shutdown.stopped() => { inflight.fetch_sub(1, Ordering::AcqRel); return; }
-            };
-            let label = match &outcome {
-                Ok(_) => "ok",
-                Err(crate::bus::BusError::Timeout(_)) => "timeout",
-                Err(crate::bus::BusError::NoResponders) => "no_responders",
-                Err(_) => "error",
-            };
-            metrics::counter!(telemetry::REQUESTS, "outcome" => label).increment(1);
-            metrics::histogram!(telemetry::REQUEST_SECONDS).record(started.elapsed().as_secs_f64());
-            let frame = match outcome {
-                Ok(v) => ServerFrame::ok(id, v),
-                Err(e) => ServerFrame::err(id, (&e).into()),
-            };
-            metrics::counter!(telemetry::FRAMES_OUT, "type" => "response").increment(1);
-            handle.push(to_message(handle.encoding, &frame));
-            inflight.fetch_sub(1, Ordering::AcqRel);
-        });
     }
 
     /// Leaves every channel and releases the connection's counts. Called once, at the end.

@@ -1,0 +1,59 @@
+//! Configuration loading and validation.
+
+use super::*;
+use figment::providers::Serialized;
+
+fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    for (k, v) in pairs {
+        fig = fig.merge(Toml::string(&format!("{k} = {v}")));
+    }
+    Config::from_figment(fig)
+}
+
+#[test]
+fn defaults_are_valid() {
+    let c = with(&[]).unwrap();
+    assert_eq!(c.listen.port(), 8080);
+    assert_eq!(c.limits.per_agent, 5);
+    assert!(!c.clustered());
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let e = with(&[("nats_url", "\"nats://x\"")]).unwrap_err().to_string();
+    assert!(e.contains("nats_url"), "{e}");
+    let e = with(&[("api_keys", "\"nocolon\"")]).unwrap_err().to_string();
+    assert!(e.contains("api_keys"), "{e}");
+    let e = with(&[("listen", "\"nope\"")]).unwrap_err().to_string();
+    assert!(e.contains("listen"), "{e}");
+    let e = with(&[("limits", "{ per_agent = \"five\" }")]).unwrap_err().to_string();
+    assert!(e.contains("per_agent"), "{e}");
+    let e = with(&[("bogus", "1")]).unwrap_err().to_string();
+    assert!(e.contains("bogus"), "{e}");
+}
+
+#[test]
+fn lists_accept_comma_strings() {
+    let c = with(&[("api_keys", "\"a1:key-aaaaaaaa, a2:key-bbbbbbbb\"")]).unwrap();
+    let keys = c.static_api_keys().unwrap();
+    assert_eq!(keys.get("key-aaaaaaaa").map(String::as_str), Some("a1"));
+    assert_eq!(keys.len(), 2);
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
+fn env_overrides_file() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("gateway.toml", "listen = \"127.0.0.1:9000\"\n[limits]\nper_agent = 3\n")?;
+        jail.set_env("GATEWAY_LIMITS__PER_AGENT", "7");
+        jail.set_env("GATEWAY_JWT_SECRET", "12345");
+        jail.set_env("GATEWAY_SERVICE_HOST", "10.0.0.1");
+        jail.set_env("GATEWAY_CONFIG", "gateway.toml");
+        let c = Config::load(Some(std::path::Path::new("gateway.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.per_agent, 7);
+        assert_eq!(c.jwt_secret, "12345");
+        Ok(())
+    });
+}
