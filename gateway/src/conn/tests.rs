@@ -170,3 +170,33 @@ async fn in_band_authenticate_then_frames() {
     drop(input);
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_session_dropped_without_finish_leaves_no_ghost() {
+    let node = node(Config { jwt_secret: "unit-secret-unit-secret".into(), ..Config::default() }).await;
+    let id = user("u9", None);
+    let admission = Admission::take(&node, "c9".into(), &id.principal).await.unwrap();
+    let (handle, _outbox) = crate::conn::handle::ConnHandle::new(
+        node.next_conn_id(),
+        "c9".into(),
+        id.principal.clone(),
+        Encoding::Json,
+        8,
+        1 << 16,
+    );
+    node.hub.register(handle.clone());
+    let mut session = crate::conn::session::Session::new(node.clone(), handle, id, admission);
+    let (joined, _) = session.subscribe(&["user:u9".into(), "project:p1".into()], None).await;
+    assert_eq!(joined.len(), 2);
+    assert_eq!(node.hub.stats().subscriptions, 2);
+    drop(session); // as a panic or a dropped task would
+    assert_eq!(node.hub.stats(), crate::hub::HubStats::default());
+    let ch = gateway_protocol::Channel::parse("project:p1").unwrap();
+    for _ in 0..100 {
+        if node.presence.members(&ch).await.unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("presence entry left behind");
+}

@@ -57,6 +57,8 @@ pub struct Session {
     inflight: Arc<AtomicUsize>,
     /// The connection's place in the cluster-wide count, released at the end.
     admission: Admission,
+    /// Set by [`Session::finish`]; a session dropped without it cleans up in `Drop`.
+    finished: bool,
 }
 
 impl Session {
@@ -72,6 +74,7 @@ impl Session {
             protocol_errors: 0,
             inflight: Arc::default(),
             admission,
+            finished: false,
         }
     }
 
@@ -381,6 +384,7 @@ impl Session {
         self.admission.release().await;
         let kind = self.identity.principal.kind;
         metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
+        self.finished = true;
     }
 
     /// A frame announcing the close, when the close has one.
@@ -423,5 +427,39 @@ fn frame_id(f: &ClientFrame) -> Option<String> {
         | ClientFrame::Refresh { id, .. } => id.clone(),
         ClientFrame::Request { id, .. } => Some(id.clone()),
         ClientFrame::Authenticate { .. } | ClientFrame::Ping => None,
+    }
+}
+
+impl Drop for Session {
+    /// A connection task that ended without [`Session::finish`] (a panic, or its future
+    /// dropped) still leaves no ghost: the hub is cleaned now, the fabric on a tracked
+    /// task. The admission releases itself on drop.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let channels = std::mem::take(&mut self.channels);
+        let emptied: Vec<Channel> =
+            channels.iter().filter(|ch| self.node.hub.unsubscribe(ch, self.handle.id)).cloned().collect();
+        self.node.hub.unregister(self.handle.id);
+        let kind = self.identity.principal.kind;
+        metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (node, conn, principal) =
+            (self.node.clone(), self.handle.connection_id.clone(), self.identity.principal.clone());
+        let tasks = node.tasks.clone();
+        tasks.spawn(async move {
+            for ch in &emptied {
+                let _ = node.bus.sync_interest(ch).await;
+            }
+            for ch in channels.iter().filter(|ch| node.access.tracks_presence(ch)) {
+                let r = ConnRef { node: node.id(), conn: &conn, principal: &principal };
+                if let Ok(true) = node.presence.leave(ch, &r).await {
+                    node.announce_presence(ch, "presence.leave", &principal).await;
+                }
+            }
+        });
     }
 }
