@@ -131,11 +131,7 @@ where
     let mut names: Vec<String> = Channel::new(own, &identity.principal.id).map(|c| c.to_string()).into_iter().collect();
     names.extend(start.subscribe);
     let (_, rejected) = session.subscribe(&names, None).await;
-    for r in rejected {
-        let code = serde_json::from_value(r["code"].clone()).unwrap_or(ErrorCode::BadRequest);
-        let msg = format!("{}: {}", r["channel"].as_str().unwrap_or(""), r["message"].as_str().unwrap_or(""));
-        session.reply(&ServerFrame::Error { error: ErrorBody::new(code, msg) });
-    }
+    session.report_rejections(rejected);
     metrics::histogram!(telemetry::HANDSHAKE_SECONDS).record(began.elapsed().as_secs_f64());
     Some(Opened { sink, stream, node, session, outbox })
 }

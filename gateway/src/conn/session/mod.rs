@@ -30,6 +30,23 @@ const RESERVED_EVENT_PREFIX: &str = "presence.";
 /// Longest accepted event or method name.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// A channel a subscribe or unsubscribe could not act on, as the response lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejected {
+    /// The name as the client sent it.
+    pub channel: String,
+    /// Why.
+    pub code: ErrorCode,
+    /// Why, for people.
+    pub message: String,
+}
+
+impl Rejected {
+    fn new(channel: &str, e: ErrorBody) -> Self {
+        Rejected { channel: channel.to_owned(), code: e.code, message: e.message }
+    }
+}
+
 /// What the driver does after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -170,25 +187,26 @@ impl Session {
     }
 
     /// Answers a subscribe (`key` = `subscribed`) or unsubscribe (`unsubscribed`).
-    fn answer_membership(&self, id: Option<String>, key: &str, (done, rejected): (Vec<Channel>, Vec<Value>)) {
+    fn answer_membership(&self, id: Option<String>, key: &str, (done, rejected): (Vec<Channel>, Vec<Rejected>)) {
         match id {
             Some(id) => self.reply(&ServerFrame::ok(id, json!({ key: done, "rejected": rejected }))),
-            None => {
-                for r in rejected {
-                    let code = serde_json::from_value(r["code"].clone()).unwrap_or(ErrorCode::BadRequest);
-                    let msg =
-                        format!("{}: {}", r["channel"].as_str().unwrap_or(""), r["message"].as_str().unwrap_or(""));
-                    self.reply(&ServerFrame::Error { error: ErrorBody::new(code, msg) });
-                }
-            }
+            None => self.report_rejections(rejected),
+        }
+    }
+
+    /// Sends each rejection as an `error` frame (no id to answer on).
+    pub fn report_rejections(&self, rejected: Vec<Rejected>) {
+        for r in rejected {
+            let error = ErrorBody::new(r.code, format!("{}: {}", r.channel, r.message));
+            self.reply(&ServerFrame::Error { error });
         }
     }
 
     /// Joins channels one by one; returns (joined, rejected entries).
-    pub async fn subscribe(&mut self, names: &[String], token: Option<&str>) -> (Vec<Channel>, Vec<Value>) {
+    pub async fn subscribe(&mut self, names: &[String], token: Option<&str>) -> (Vec<Channel>, Vec<Rejected>) {
         let mut done = Vec::new();
         let mut rejected = Vec::new();
-        let reject = |name: &str, e: ErrorBody| json!({ "channel": name, "code": e.code, "message": e.message });
+        let reject = Rejected::new;
         // Permission checks per frame are bounded by what a connection may hold: each can
         // cost a backend round trip (proxy policy), and refused names hold no slot.
         let mut checks = 0;
@@ -249,7 +267,7 @@ impl Session {
     }
 
     /// Leaves channels; unknown or unjoined names are reported as rejected.
-    pub async fn unsubscribe(&mut self, names: &[String]) -> (Vec<Channel>, Vec<Value>) {
+    pub async fn unsubscribe(&mut self, names: &[String]) -> (Vec<Channel>, Vec<Rejected>) {
         let mut done = Vec::new();
         let mut rejected = Vec::new();
         for name in names {
@@ -258,12 +276,8 @@ impl Session {
                     self.leave(&ch).await;
                     done.push(ch);
                 }
-                Ok(_) => {
-                    rejected.push(json!({ "channel": name, "code": ErrorCode::NotFound, "message": "not subscribed" }))
-                }
-                Err(e) => {
-                    rejected.push(json!({ "channel": name, "code": ErrorCode::BadChannel, "message": e.to_string() }))
-                }
+                Ok(_) => rejected.push(Rejected::new(name, ErrorBody::new(ErrorCode::NotFound, "not subscribed"))),
+                Err(e) => rejected.push(Rejected::new(name, (&e).into())),
             }
         }
         (done, rejected)
