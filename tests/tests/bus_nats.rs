@@ -258,7 +258,7 @@ async fn upstream_send_carries_gateway_headers() -> Result<()> {
     subscribed(&server, "gw.up.status.update").await?;
 
     let principal = Principal { kind: PrincipalKind::Agent, id: "a1".into() };
-    let origin = Origin { principal: &principal, connection_id: "c-1", node: "n1" };
+    let origin = Origin { principal: &principal, conn: "c-1", node: "n1" };
     let data = json!({"Gw-Principal-Id": "admin", "Gw-Principal-Kind": "user", "state": "busy"});
     node.bus.send_upstream(&origin, "status:update", &data).await?;
     let msg = timeout(WAIT, q.next()).await?.context("queue subscriber closed")?;
@@ -275,7 +275,7 @@ async fn upstream_send_carries_gateway_headers() -> Result<()> {
     assert!(matches!(bad, Err(BusError::Backend(ref e)) if e.code == ErrorCode::BadRequest), "{bad:?}");
     // An id that would inject a header line is refused, not sent (and does not panic).
     let forged = user("u1\r\nGw-Principal-Id: admin");
-    let origin = Origin { principal: &forged, connection_id: "c-1", node: "n1" };
+    let origin = Origin { principal: &forged, conn: "c-1", node: "n1" };
     let bad = node.bus.send_upstream(&origin, "status:update", &data).await;
     assert!(matches!(bad, Err(BusError::Backend(ref e)) if e.code == ErrorCode::BadRequest), "{bad:?}");
     node.finish().await
@@ -321,7 +321,7 @@ async fn requests_map_every_outcome() -> Result<()> {
     let server = NatsServer::start().await?;
     let node = Node::start(&server, "n1").await?;
     let p = user("u1");
-    let origin = Origin { principal: &p, connection_id: "c-1", node: "n1" };
+    let origin = Origin { principal: &p, conn: "c-1", node: "n1" };
     let short = Duration::from_millis(300);
 
     let r = node.bus.request(&origin, "sessions.create", &json!({}), short).await;

@@ -35,17 +35,9 @@ pub enum BusError {
     BadReply(String),
 }
 
-/// Who originates an upstream message. Set by the gateway from the authenticated
-/// connection, never from client data.
-#[derive(Debug, Clone, Copy)]
-pub struct Origin<'a> {
-    /// The authenticated principal.
-    pub principal: &'a Principal,
-    /// The connection's public id.
-    pub connection_id: &'a str,
-    /// The node holding the connection.
-    pub node: &'a str,
-}
+/// Who originates an upstream message: the authenticated connection (the same
+/// reference presence uses), set by the gateway, never from client data.
+pub type Origin<'a> = crate::presence::ConnRef<'a>;
 
 /// Body of `gw.ctl.disconnect`: close a principal's connections on every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,7 +68,7 @@ pub(super) fn origin_headers(origin: &Origin<'_>) -> Result<HeaderMap, BusError>
     let pairs = [
         (HDR_PRINCIPAL_KIND, origin.principal.kind.as_str()),
         (HDR_PRINCIPAL_ID, origin.principal.id.as_str()),
-        (HDR_CONNECTION, origin.connection_id),
+        (HDR_CONNECTION, origin.conn),
         (HDR_NODE, origin.node),
         ("Content-Type", "application/json"),
     ];

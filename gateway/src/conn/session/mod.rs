@@ -20,7 +20,7 @@ use super::{
     handle::{Close, ConnHandle},
     ratelimit::{FrameLimiter, Verdict},
 };
-use crate::{auth::Identity, bus::Origin, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
+use crate::{auth::Identity, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
 
 mod requests;
 
@@ -333,12 +333,7 @@ impl Session {
                 ),
             );
         }
-        let origin = Origin {
-            principal: &self.identity.principal,
-            connection_id: &self.handle.connection_id,
-            node: self.node.id(),
-        };
-        match self.node.bus.send_upstream(&origin, event, data).await {
+        match self.node.bus.send_upstream(&self.conn_ref(), event, data).await {
             Ok(()) => self.ack(id),
             Err(e) => self.fail(id, (&e).into()),
         }

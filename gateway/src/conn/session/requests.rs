@@ -68,7 +68,7 @@ impl Session {
         let timeout = ms(node.cfg.fabric.request_timeout_ms);
         self.node.tasks.spawn(async move {
             let started = std::time::Instant::now();
-            let origin = Origin { principal: &principal, connection_id: &handle.connection_id, node: node.id() };
+            let origin = Origin { principal: &principal, conn: &handle.connection_id, node: node.id() };
             let call = node.bus.request(&origin, &method, &params, timeout);
             let outcome = tokio::select! {
                 r = call => r,
