@@ -176,17 +176,9 @@ impl NatsServer {
     /// bind for up to 10 s.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
-        let deadline = Instant::now() + REBIND_TIMEOUT;
-        loop {
-            match launch_nats(self.dir.path(), self.port, self.monitor_port).await {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                Err(e) if Instant::now() >= deadline => return Err(e.context("restart nats-server")),
-                Err(_) => sleep(Duration::from_millis(100)).await,
-            }
-        }
+        let (dir, port, monitor) = (self.dir.path(), self.port, self.monitor_port);
+        self.child = Some(relaunch("nats-server", || launch_nats(dir, port, monitor)).await?);
+        Ok(())
     }
 
     /// Subjects of every client subscription on the server (`/connz?subs=1`), including
@@ -253,16 +245,25 @@ impl RedisServer {
     /// bind for up to 10 s.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
-        let deadline = Instant::now() + REBIND_TIMEOUT;
-        loop {
-            match launch_redis(self.dir.path(), self.port).await {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                Err(e) if Instant::now() >= deadline => return Err(e.context("restart redis-server")),
-                Err(_) => sleep(Duration::from_millis(100)).await,
-            }
+        let (dir, port) = (self.dir.path(), self.port);
+        self.child = Some(relaunch("redis-server", || launch_redis(dir, port)).await?);
+        Ok(())
+    }
+}
+
+/// Launches a server again on its previous ports, retrying while the old socket still
+/// holds them, for up to [`REBIND_TIMEOUT`].
+async fn relaunch<F, Fut>(what: &str, mut launch: F) -> anyhow::Result<Child>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Child>>,
+{
+    let deadline = Instant::now() + REBIND_TIMEOUT;
+    loop {
+        match launch().await {
+            Ok(child) => return Ok(child),
+            Err(e) if Instant::now() >= deadline => return Err(e.context(format!("restart {what}"))),
+            Err(_) => sleep(Duration::from_millis(100)).await,
         }
     }
 }
