@@ -218,7 +218,7 @@ impl Hub {
     }
 
     /// Fans an event out to the local subscribers of its channel. Returns how many got it.
-    pub fn deliver(&self, ev: &EventFrame) -> usize {
+    pub fn deliver(&self, ev: EventFrame) -> usize {
         let hot = telemetry::hot();
         let shard = read(self.shard(&ev.channel));
         let Some(subs) = shard.get(&ev.channel) else {
@@ -229,7 +229,8 @@ impl Hub {
         if ev.ts > 0 && now >= ev.ts {
             hot.delivery_latency.record((now - ev.ts) as f64 / 1000.0);
         }
-        let frame = ServerFrame::Event(ev.clone());
+        // Owned: the frame takes the event as is, no copy of its payload.
+        let frame = ServerFrame::Event(ev);
         // One encoding per kind, its bytes shared by every subscriber of that kind.
         let mut encoded: [Option<(Message, usize)>; 3] = [None, None, None];
         let mut delivered = 0;
@@ -330,7 +331,7 @@ mod tests {
         assert!(hub.subscribe(&ch, &a));
         assert!(!hub.subscribe(&ch, &b));
         hub.subscribe(&ch, &c);
-        assert_eq!(hub.deliver(&event(&ch)), 3);
+        assert_eq!(hub.deliver(event(&ch)), 3);
         let (Some(Message::Text(x)), Some(Message::Text(y))) = (ao.recv().await, bo.recv().await) else {
             panic!("text expected")
         };
@@ -353,7 +354,7 @@ mod tests {
         hub.subscribe(&ch, &slow);
         hub.subscribe(&ch, &fast);
         for _ in 0..5 {
-            hub.deliver(&event(&ch));
+            hub.deliver(event(&ch));
         }
         assert_eq!(slow.close_requested().map(|c| c.code), Some(gateway_protocol::CloseCode::SlowConsumer));
         assert!(fast.close_requested().is_none());
@@ -378,7 +379,7 @@ mod tests {
         }
         assert!(!hub.unsubscribe(&ch, 3), "already gone");
         assert_eq!(hub.stats().subscriptions, 66);
-        assert_eq!(hub.deliver(&event(&ch)), 66);
+        assert_eq!(hub.deliver(event(&ch)), 66);
         for (c, _) in &conns {
             assert_eq!(c.queued_frames(), usize::from(c.id % 3 != 0));
         }

@@ -225,7 +225,7 @@ pub struct NodeInbound {
 
 impl Inbound for NodeInbound {
     fn event(&self, ev: EventFrame) {
-        self.hub.deliver(&ev);
+        self.hub.deliver(ev);
     }
 
     fn control(&self, cmd: DisconnectCommand) {
