@@ -9,7 +9,7 @@ use axum::{
 };
 use gateway_protocol::{CloseCode, ErrorBody, ErrorCode};
 
-use crate::{auth::AuthError, bus::BusError, presence::PresenceError};
+use crate::{auth::AuthError, bus::BusError, events::EventRefused, presence::PresenceError};
 
 /// The HTTP status for an error code (handshake refusals and the HTTP API).
 pub fn http_status(code: ErrorCode) -> StatusCode {
@@ -62,6 +62,17 @@ impl From<&BusError> for ErrorBody {
             BusError::Backend(body) => body.clone(),
             BusError::BadReply(_) => ErrorBody::new(ErrorCode::Internal, e.to_string()),
         }
+    }
+}
+
+impl From<&EventRefused> for ErrorBody {
+    fn from(e: &EventRefused) -> Self {
+        let code = match e {
+            EventRefused::Reserved(_) => ErrorCode::Forbidden,
+            EventRefused::TooDeep => ErrorCode::BadRequest,
+            EventRefused::TooLarge { .. } => ErrorCode::TooLarge,
+        };
+        ErrorBody::new(code, e.to_string())
     }
 }
 

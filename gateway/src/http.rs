@@ -18,7 +18,7 @@ use axum::{
     routing::{get, post},
 };
 use futures_util::StreamExt;
-use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, PrincipalKind, now_ms};
+use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, EventName, PrincipalKind, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -130,6 +130,18 @@ async fn upgrade(
         return Err(refuse(ErrorCode::Forbidden, "origin", format!("origin {origin} is not allowed")));
     }
     let (encoding, by_subprotocol) = negotiate(&headers, &q)?;
+    let subscribe: Vec<String> = q
+        .get("subscribe")
+        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    if subscribe.len() > node.cfg.limits.max_channels {
+        let max = node.cfg.limits.max_channels;
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            "bad_request",
+            format!("?subscribe= may name at most {max} channels"),
+        ));
+    }
     // Counted from here, not from registration, so concurrent handshakes and sockets
     // still authenticating cannot overshoot the limit.
     if !node.claim_slot() {
@@ -159,10 +171,6 @@ async fn upgrade(
             Some((identity, admission))
         }
     };
-    let subscribe: Vec<String> = q
-        .get("subscribe")
-        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        .unwrap_or_default();
     let limits = &node.cfg.limits;
     let mut ws = ws
         .read_buffer_size(limits.read_buffer_bytes)
@@ -264,27 +272,42 @@ fn check_admin(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
 #[derive(Deserialize)]
 struct PublishBody {
     channel: String,
-    event: String,
+    event: EventName,
     #[serde(default)]
     data: Value,
 }
 
+/// Room in a publish body beyond the event's own bound, for the channel name and the
+/// JSON around the event.
+const PUBLISH_BODY_SLACK: usize = 4 * 1024;
+
 async fn publish(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // The key first: an unauthenticated caller gets no body read at all.
     check_admin(&node, &headers)?;
+    let limit = node.cfg.limits.max_event_bytes + PUBLISH_BODY_SLACK;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        refused_event("too_large");
+        ApiError::new(ErrorCode::TooLarge, format!("body is larger than {limit} bytes"))
+    })?;
     let b: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body must be {{channel, event, data}}: {e}")))?;
     let ch = Channel::parse(&b.channel).map_err(|e| ApiError::from(&e))?;
-    if b.event.is_empty() || b.event.len() > crate::conn::session::MAX_NAME_LEN {
-        return Err(ApiError::new(ErrorCode::BadRequest, "event must be 1-128 characters"));
-    }
     let ev = node.new_event(ch, b.event, b.data);
+    node.events.check(&ev).map_err(|e| {
+        refused_event(e.label());
+        ApiError::from(&e)
+    })?;
     node.bus.publish(&ev).await.map_err(|e| ApiError::from(&e))?;
     metrics::counter!(telemetry::PUBLISHED, "source" => "http").increment(1);
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": ev.id }))).into_response())
+}
+
+fn refused_event(reason: &'static str) {
+    metrics::counter!(telemetry::EVENTS_REFUSED, "source" => "http", "reason" => reason).increment(1);
 }
 
 /// Body of `POST /api/disconnect`.

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod hub;
 pub mod keys;

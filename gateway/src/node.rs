@@ -11,7 +11,9 @@ use std::{
 };
 
 use dashmap::DashMap;
-use gateway_protocol::{Channel, CloseCode, DisconnectReason, EventFrame, Principal, PrincipalKind, now_ms};
+use gateway_protocol::{
+    Channel, CloseCode, DisconnectReason, EventFrame, EventName, Principal, PrincipalKind, SystemEvent, now_ms,
+};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +23,7 @@ use crate::{
     bus::{Bus, DisconnectCommand, Inbound},
     config::{Config, ms},
     conn::handle::Close,
+    events::EventPolicy,
     hub::Hub,
     presence::{NodeReport, Presence},
     shutdown::Shutdown,
@@ -41,6 +44,8 @@ pub struct Node {
     pub auth: Arc<Authenticator>,
     /// Channel permissions.
     pub access: Access,
+    /// What any source may publish (reserved names, depth, encoded size).
+    pub events: EventPolicy,
     /// Drain and stop signals.
     pub shutdown: Shutdown,
     /// Every task the node spawns, so shutdown can wait for them.
@@ -65,6 +70,7 @@ impl Node {
         tasks: TaskTracker,
     ) -> Self {
         let access = Access::new(cfg.channels.clone());
+        let events = EventPolicy::new(&cfg);
         Node {
             cfg,
             hub,
@@ -72,6 +78,7 @@ impl Node {
             presence,
             auth,
             access,
+            events,
             shutdown,
             tasks,
             next_conn: AtomicU64::new(1),
@@ -150,13 +157,13 @@ impl Node {
     }
 
     /// A new event with a fresh id and the current time.
-    pub fn new_event(&self, channel: Channel, event: String, data: serde_json::Value) -> EventFrame {
+    pub fn new_event(&self, channel: Channel, event: EventName, data: serde_json::Value) -> EventFrame {
         EventFrame { channel, event, data, id: uuid::Uuid::now_v7().to_string(), ts: now_ms(), from: None }
     }
 
     /// Publishes `presence.join` / `presence.leave` for a member on a channel.
-    pub async fn announce_presence(&self, ch: &Channel, event: &str, member: &Principal) {
-        let ev = self.new_event(ch.clone(), event.to_owned(), json!({ "kind": member.kind, "id": member.id }));
+    pub async fn announce_presence(&self, ch: &Channel, event: SystemEvent, member: &Principal) {
+        let ev = self.new_event(ch.clone(), event.into(), json!({ "kind": member.kind, "id": member.id }));
         metrics::counter!(telemetry::PUBLISHED, "source" => "presence").increment(1);
         if let Err(e) = self.bus.publish(&ev).await {
             tracing::warn!(error = %e, channel = %ch, "presence event not published");
@@ -194,13 +201,13 @@ impl Node {
                 Ok(expired) => {
                     for e in expired {
                         metrics::counter!(telemetry::PRESENCE_EXPIRED).increment(1);
-                        self.announce_presence(&e.channel, "presence.leave", &e.member).await;
+                        self.announce_presence(&e.channel, SystemEvent::PresenceLeave, &e.member).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "presence maintenance failed"),
             }
             for e in self.presence.take_rejoined() {
-                self.announce_presence(&e.channel, "presence.join", &e.member).await;
+                self.announce_presence(&e.channel, SystemEvent::PresenceJoin, &e.member).await;
             }
             // Repair bus interest that a failed sync or an ended subscription left
             // wrong; with nothing to change this is a lookup per channel.

@@ -64,6 +64,9 @@ pub const DRAINING: &str = "gateway_draining";
 pub const DRAIN_CLOSES: &str = "gateway_drain_closes_total";
 /// Presence leave events emitted for expired leases.
 pub const PRESENCE_EXPIRED: &str = "gateway_presence_expired_total";
+/// Counter: events refused at their source (labels `source`: client|http|nats; `reason`:
+/// reserved|too_deep|too_large).
+pub const EVENTS_REFUSED: &str = "gateway_events_refused_total";
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 

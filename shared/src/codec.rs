@@ -7,8 +7,9 @@ use serde::Deserialize;
 
 use crate::{
     error::ErrorCode,
+    event::{MAX_DATA_DEPTH, depth_within},
     flat,
-    frame::{ClientFrame, ServerFrame},
+    frame::{ClientFrame, EventFrame, ServerFrame},
 };
 
 /// How frames are encoded on one connection; chosen at the handshake.
@@ -110,23 +111,69 @@ impl Encoding {
     }
 
     /// Decodes a client frame. `binary` says which kind of WebSocket message carried it.
+    /// Payloads (`data`, `params`) nesting deeper than [`MAX_DATA_DEPTH`] are refused.
     pub fn decode(self, payload: &[u8], binary: bool) -> Result<ClientFrame, DecodeError> {
         if binary != self.is_binary() {
             let want = if self.is_binary() { "binary" } else { "text" };
             return Err(DecodeError::bad_request(format!("{} frames travel as {want} messages", self.as_str()), None));
         }
-        match self {
+        let frame = match self {
             Encoding::Json => serde_json::from_slice(payload).map_err(|e| {
                 let id = serde_json::from_slice::<IdOnly>(payload).ok().and_then(|i| i.id);
                 DecodeError::bad_request(format!("invalid frame: {e}"), id)
             }),
-            Encoding::MsgPack => rmp_serde::from_slice(payload).map_err(|e| {
-                let id = rmp_serde::from_slice::<IdOnly>(payload).ok().and_then(|i| i.id);
+            Encoding::MsgPack => msgpack_bounded::<ClientFrame>(payload).map_err(|e| {
+                let id = msgpack_bounded::<IdOnly>(payload).ok().and_then(|i| i.id);
                 DecodeError::bad_request(format!("invalid frame: {e}"), id)
             }),
             Encoding::Flat => flat::decode(payload),
+        }?;
+        let (id, value) = match &frame {
+            ClientFrame::Publish { id, data, .. } | ClientFrame::Send { id, data, .. } => (id.clone(), data),
+            ClientFrame::Request { id, params, .. } => (Some(id.clone()), params),
+            _ => return Ok(frame),
+        };
+        if !depth_within(value, MAX_DATA_DEPTH) {
+            return Err(DecodeError::bad_request(format!("payload nests deeper than {MAX_DATA_DEPTH} levels"), id));
+        }
+        Ok(frame)
+    }
+}
+
+/// The size of an event frame in the largest of the three encodings: what one copy of
+/// it weighs in a subscriber's queue at worst. A payload can grow several times over when
+/// re-encoded (a MessagePack string of control bytes becomes `\u0001…` in JSON), so
+/// bounds are checked on this, never on the size the publisher sent.
+pub fn max_encoded_len(ev: &EventFrame) -> usize {
+    /// Counts bytes instead of storing them.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
+    let frame = ServerFrame::Event(ev.clone());
+    let mut json = Count(0);
+    let _ = serde_json::to_writer(&mut json, &frame);
+    let mut msgpack = Count(0);
+    let _ = rmp_serde::encode::write_named(&mut msgpack, &frame);
+    let mut flat = Count(0);
+    flat::write(&mut flat, &frame);
+    json.0.max(msgpack.0).max(flat.0)
+}
+
+/// Decodes MessagePack nesting at most as deep as a frame around a payload of
+/// [`MAX_DATA_DEPTH`] may: deeper input fails before it can exhaust the stack (the
+/// decoder recurses once per level, also for the fields it skips).
+fn msgpack_bounded<'de, T: Deserialize<'de>>(payload: &'de [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(payload);
+    // The frame's own map and its payload field sit above the payload.
+    de.set_max_depth(MAX_DATA_DEPTH + 2);
+    T::deserialize(&mut de)
 }
 
 /// Reads just the `id` of a frame that failed to decode, to answer it as a `response`.

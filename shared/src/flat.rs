@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::{
     codec::DecodeError,
-    frame::{ClientFrame, PrincipalKind, ServerFrame},
+    event::EventName,
+    frame::{ClientFrame, Principal, PrincipalKind, ServerFrame},
 };
 
 /// A flat client frame as it arrives.
@@ -39,7 +40,10 @@ pub fn decode(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             Ok(ClientFrame::Authenticate { token })
         }
         "" => Err(DecodeError::bad_request("type must not be empty", f.message_id)),
-        _ => Ok(ClientFrame::Send { id: f.message_id, event: f.kind, data: f.payload }),
+        _ => match EventName::parse(f.kind) {
+            Ok(event) => Ok(ClientFrame::Send { id: f.message_id, event, data: f.payload }),
+            Err(e) => Err(DecodeError::bad_request(format!("type: {e}"), f.message_id)),
+        },
     }
 }
 
@@ -56,23 +60,38 @@ struct FlatOut<'a> {
     timestamp: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message_id: Option<&'a str>,
+    /// Who published an event a client published, so a flat subscriber can tell it from
+    /// a backend's or the gateway's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a Principal>,
 }
 
 impl<'a> FlatOut<'a> {
     fn plain(kind: &'a str, payload: Value) -> Self {
-        FlatOut { kind, payload, channel: None, timestamp: None, message_id: None }
+        FlatOut { kind, payload, channel: None, timestamp: None, message_id: None, from: None }
     }
 }
 
 /// Encodes a server frame in the flat shape.
 pub fn encode(frame: &ServerFrame) -> Vec<u8> {
-    let out = match frame {
+    serde_json::to_vec(&shape(frame)).unwrap_or_default()
+}
+
+/// What [`encode`] would produce, serialised into `w` (sizes are counted this way).
+pub(crate) fn write(w: impl std::io::Write, frame: &ServerFrame) {
+    let _ = serde_json::to_writer(w, &shape(frame));
+}
+
+/// A server frame in the flat shape.
+fn shape(frame: &ServerFrame) -> FlatOut<'_> {
+    match frame {
         ServerFrame::Event(e) => FlatOut {
             kind: &e.event,
             payload: e.data.clone(),
             channel: Some(e.channel.as_str()),
             timestamp: Some(e.ts),
             message_id: Some(&e.id),
+            from: e.from.as_ref(),
         },
         ServerFrame::Connected { connection_id, principal, .. } => {
             let who = match principal.kind {
@@ -98,6 +117,5 @@ pub fn encode(frame: &ServerFrame) -> Vec<u8> {
         ServerFrame::Disconnecting { reason, reconnect } => {
             FlatOut::plain("disconnecting", json!({ "reason": reason, "reconnect": reconnect }))
         }
-    };
-    serde_json::to_vec(&out).unwrap_or_default()
+    }
 }

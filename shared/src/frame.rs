@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{channel::Channel, error::ErrorBody};
+use crate::{channel::Channel, error::ErrorBody, event::EventName};
 
 /// A frame a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +52,7 @@ pub enum ClientFrame {
         /// The channel name.
         channel: String,
         /// The event name, e.g. `typing`.
-        event: String,
+        event: EventName,
         /// The payload.
         #[serde(default)]
         data: Value,
@@ -63,7 +63,7 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         /// The event name, e.g. `status:update`.
-        event: String,
+        event: EventName,
         /// The payload.
         #[serde(default)]
         data: Value,
@@ -149,7 +149,7 @@ pub struct EventFrame {
     /// The channel it was published on.
     pub channel: Channel,
     /// The event name, e.g. `message.created` or `agent:status`.
-    pub event: String,
+    pub event: EventName,
     /// The payload, as the publisher sent it.
     pub data: Value,
     /// A unique message id, for de-duplication by clients.

@@ -8,12 +8,14 @@
 pub mod channel;
 pub mod codec;
 pub mod error;
+pub mod event;
 pub mod flat;
 pub mod frame;
 
 pub use channel::{Channel, ChannelError, Namespace};
-pub use codec::{DecodeError, Encoded, Encoding};
+pub use codec::{DecodeError, Encoded, Encoding, max_encoded_len};
 pub use error::{CloseCode, ErrorBody, ErrorCode};
+pub use event::{EventName, EventNameError, MAX_DATA_DEPTH, SystemEvent};
 pub use frame::{ClientFrame, DisconnectReason, EventFrame, Principal, PrincipalKind, ServerFrame};
 
 /// Milliseconds since the Unix epoch, the unit of every `ts` on the wire.

@@ -32,6 +32,12 @@ fn client_published_events_name_their_publisher() {
         std::str::from_utf8(&Encoding::Json.encode(&frame).bytes).unwrap(),
         r#"{"type":"event","channel":"session:abc","event":"typing","data":{},"id":"m2","ts":1,"from":{"kind":"user","id":"u1"}}"#
     );
+    // The flat shape names the publisher too, so a flat subscriber can tell a client's
+    // event from a backend's or the gateway's.
+    assert_eq!(
+        std::str::from_utf8(&Encoding::Flat.encode(&frame).bytes).unwrap(),
+        r#"{"type":"typing","payload":{},"channel":"session:abc","timestamp":1,"messageId":"m2","from":{"kind":"user","id":"u1"}}"#
+    );
 }
 
 fn server_frames() -> Vec<(ServerFrame, &'static str, &'static str)> {

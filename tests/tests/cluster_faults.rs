@@ -30,7 +30,7 @@ fn node_config(nats: &NatsServer, redis: &RedisServer) -> gateway::Config {
 async fn presence_event(c: &mut Client, who: &str, limit: Duration) -> anyhow::Result<String> {
     Ok(c.recv_until(limit, |r| match r {
         Received::Frame(ServerFrame::Event(e)) if e.event.starts_with("presence.") && e.data["id"] == who => {
-            Some(e.event.clone())
+            Some(e.event.to_string())
         }
         _ => None,
     })

@@ -11,7 +11,7 @@ pub mod nats;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gateway_protocol::{Channel, ErrorBody, EventFrame, Principal, PrincipalKind};
+use gateway_protocol::{Channel, ErrorBody, EventFrame, EventName, Principal, PrincipalKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -55,8 +55,8 @@ pub struct DisconnectCommand {
 /// application/msgpack`). `id` and `ts` are set by gateways; a backend may omit them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireEvent {
-    /// Event name.
-    pub event: String,
+    /// Event name (the protocol's grammar; a body with another name is dropped).
+    pub event: EventName,
     /// Payload.
     #[serde(default)]
     pub data: Value,

@@ -85,6 +85,11 @@ pub struct Config {
     /// Static agent keys, `agentId:key,agentId:key`.
     #[serde(deserialize_with = "string_or_list")]
     pub api_keys: Vec<String>,
+    /// Shared by every node of a cluster: keys the signature on the gateway's own events
+    /// (presence) so a backend on NATS cannot publish them. Unset: derived from
+    /// `jwt_secret` and `admin_key`, which clustered nodes share anyway.
+    #[serde(deserialize_with = "lossy_string")]
+    pub cluster_secret: String,
     /// Origins allowed to open WebSockets; empty allows any (agents send none).
     #[serde(deserialize_with = "string_or_list")]
     pub allowed_origins: Vec<String>,
@@ -142,6 +147,10 @@ pub struct Limits {
     pub max_channels: usize,
     /// Largest inbound WebSocket message; bigger closes with 1009.
     pub max_frame_bytes: usize,
+    /// Largest event, measured in the largest encoding it could be delivered in: bigger
+    /// is refused at its source (`too_large`, HTTP 413, NATS input dropped) so it can never
+    /// fill subscribers' queues. At most `outbound_queue_bytes`.
+    pub max_event_bytes: usize,
     /// Bytes queued for one slow client before it is closed with 4009.
     pub outbound_queue_bytes: usize,
     /// Frames queued for one slow client before it is closed with 4009.
@@ -240,6 +249,7 @@ impl Default for Config {
             jwt_public_key: None,
             admin_key: String::new(),
             api_keys: Vec::new(),
+            cluster_secret: String::new(),
             allowed_origins: Vec::new(),
             log_format: LogFormat::Text,
             auth: AuthConfig::default(),
@@ -275,6 +285,7 @@ impl Default for Limits {
             per_ip: 200,
             max_channels: 100,
             max_frame_bytes: 64 * 1024,
+            max_event_bytes: 64 * 1024,
             outbound_queue_bytes: 1024 * 1024,
             outbound_queue_frames: 1024,
             max_protocol_errors: 10,
@@ -417,6 +428,9 @@ impl Config {
         }
         if self.limits.outbound_queue_frames == 0 || self.limits.outbound_queue_bytes == 0 {
             return invalid("limits.outbound_queue_bytes", "queues must be > 0");
+        }
+        if self.limits.max_event_bytes < 256 || self.limits.max_event_bytes > self.limits.outbound_queue_bytes {
+            return invalid("limits.max_event_bytes", "must be at least 256 and at most limits.outbound_queue_bytes");
         }
         if self.heartbeat.interval_ms == 0 || self.heartbeat.timeout_ms == 0 {
             return invalid("heartbeat.interval_ms", "must be > 0");

@@ -139,7 +139,11 @@ async fn stalled_writer_is_closed_as_slow_consumer() {
     let ch = gateway_protocol::Channel::parse("user:u1").unwrap();
     crate::node::tests_support::wait_subscribed(&node, &ch).await;
     for i in 0..20 {
-        node.hub.deliver(node.new_event(ch.clone(), format!("e{i}"), serde_json::json!(i)));
+        node.hub.deliver(node.new_event(
+            ch.clone(),
+            gateway_protocol::EventName::parse(format!("e{i}")).unwrap(),
+            serde_json::json!(i),
+        ));
     }
     tokio::time::timeout(Duration::from_secs(30), task).await.expect("closed").unwrap();
     assert_eq!(node.hub.stats().connections, 0);

@@ -40,13 +40,13 @@ use tokio_util::{
 };
 
 use super::{Bus, BusError, ComponentHealth, DisconnectCommand, Inbound, Origin, rpc_subject, upstream_subject};
-use crate::{config::Config, telemetry};
+use crate::{config::Config, events::BusScreen, telemetry};
 
 mod wire;
 
 use wire::{
     WireEventRef, bad_request, decode_event, origin_headers, parse_reply, publish_error, reconnect_delay, redact,
-    request_error,
+    request_error, signature,
 };
 
 /// Header naming the kind (`user`|`agent`) of the principal behind an upstream message.
@@ -57,6 +57,8 @@ pub const HDR_PRINCIPAL_ID: &str = "Gw-Principal-Id";
 pub const HDR_CONNECTION: &str = "Gw-Connection";
 /// Header naming the node holding that connection.
 pub const HDR_NODE: &str = "Gw-Node";
+/// Header carrying the cluster's signature of one of the gateway's own events.
+pub const HDR_SIG: &str = "Gw-Sig";
 /// Content type that makes an event body MessagePack instead of JSON.
 pub const MSGPACK: &str = "application/msgpack";
 
@@ -170,19 +172,31 @@ pub struct NatsBus {
     op_timeout: Duration,
     /// Private inbox answered by this bus itself; a request to it is the barrier.
     barrier_subject: String,
+    /// What events read from NATS must pass, and the signer of this node's own.
+    screen: Arc<BusScreen>,
 }
 
-/// Drains one channel subscription into `inbound` until stopped.
+/// Drains one channel subscription into `inbound` until stopped. Events that fail the
+/// screen (reserved names without the cluster's signature, too deep, too large) are
+/// dropped here, counted, and never reach a subscriber.
 async fn pump(
     mut sub: Subscriber,
     ch: Channel,
     inbound: Arc<dyn Inbound>,
+    screen: Arc<BusScreen>,
     stop: CancellationToken,
     bus: CancellationToken,
 ) {
     while let Some(Some(msg)) = stop.run_until_cancelled(sub.next()).await {
         match decode_event(&ch, &msg) {
-            Ok(ev) => inbound.event(ev),
+            Ok(ev) => match screen.admit(&ev, signature(&msg)) {
+                Ok(()) => inbound.event(ev),
+                Err(e) => {
+                    metrics::counter!(telemetry::EVENTS_REFUSED, "source" => "nats", "reason" => e.label())
+                        .increment(1);
+                    tracing::debug!(channel = %ch, error = %e, "event from nats refused");
+                }
+            },
             Err(e) => {
                 metrics::counter!(telemetry::DROPS, "reason" => "bad_event").increment(1);
                 tracing::debug!(channel = %ch, error = %e, "undecodable event dropped");
@@ -265,6 +279,7 @@ impl NatsBus {
             stop,
             op_timeout,
             barrier_subject,
+            screen: Arc::new(BusScreen::new(cfg)),
         };
         let barriers = bus.bounded("subscribe", bus.client.subscribe(bus.barrier_subject.clone())).await?;
         tasks.spawn(answer_barriers(bus.client.clone(), barriers, bus.stop.clone()));
@@ -350,8 +365,15 @@ impl NatsBus {
                 }
                 let sub = self.bounded("subscribe", self.client.subscribe(ch.subject(&self.prefix))).await?;
                 let stop = self.stop.child_token();
-                let task =
-                    self.tasks.spawn(pump(sub, ch.clone(), self.inbound.clone(), stop.clone(), self.stop.clone()));
+                let screen = self.screen.clone();
+                let task = self.tasks.spawn(pump(
+                    sub,
+                    ch.clone(),
+                    self.inbound.clone(),
+                    screen,
+                    stop.clone(),
+                    self.stop.clone(),
+                ));
                 *live = Some(Live { stop, task });
                 self.live.fetch_add(1, Ordering::AcqRel);
                 Ok(true)
@@ -393,14 +415,23 @@ impl Bus for NatsBus {
 
     async fn publish(&self, ev: &EventFrame) -> Result<(), BusError> {
         let body = serde_json::to_vec(&WireEventRef {
-            event: &ev.event,
+            event: ev.event.as_str(),
             data: &ev.data,
             id: &ev.id,
             ts: ev.ts,
             from: ev.from.as_ref(),
         })
         .map_err(|e| bad_request(format!("event body: {e}")))?;
-        self.send(ev.channel.subject(&self.prefix), None, body).await
+        // Only the gateway's own events get past the checks with a reserved name: sign
+        // them so other nodes can tell them from a backend's.
+        let headers = if ev.event.is_reserved() {
+            let mut h = HeaderMap::new();
+            h.insert(HDR_SIG, self.screen.signer.sign(ev).as_str());
+            Some(h)
+        } else {
+            None
+        };
+        self.send(ev.channel.subject(&self.prefix), headers, body).await
     }
 
     async fn send_upstream(&self, origin: &Origin<'_>, event: &str, data: &Value) -> Result<(), BusError> {

@@ -12,7 +12,7 @@ use gateway_protocol::{Channel, ErrorBody, ErrorCode, EventFrame, now_ms};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{HDR_CONNECTION, HDR_NODE, HDR_PRINCIPAL_ID, HDR_PRINCIPAL_KIND, MAX_RECONNECT_DELAY, MSGPACK};
+use super::{HDR_CONNECTION, HDR_NODE, HDR_PRINCIPAL_ID, HDR_PRINCIPAL_KIND, HDR_SIG, MAX_RECONNECT_DELAY, MSGPACK};
 use crate::bus::{BusError, Origin, WireEvent};
 
 /// Reconnect backoff: immediately, then 100 ms doubling up to [`MAX_RECONNECT_DELAY`],
@@ -100,9 +100,6 @@ pub(super) fn decode_event(channel: &Channel, msg: &Message) -> Result<EventFram
     } else {
         serde_json::from_slice(&msg.payload).map_err(|e| format!("json: {e}"))?
     };
-    if wire.event.is_empty() {
-        return Err("empty event name".into());
-    }
     Ok(EventFrame {
         channel: channel.clone(),
         event: wire.event,
@@ -122,6 +119,11 @@ pub(super) fn parse_reply(payload: &[u8]) -> Result<Value, BusError> {
             .map_or_else(|e| BusError::BadReply(format!("malformed error body: {e}")), BusError::Backend)),
         None => Ok(v),
     }
+}
+
+/// The signature header of a message (the gateway's own events carry one).
+pub(super) fn signature(msg: &Message) -> Option<&str> {
+    msg.headers.as_ref()?.get(HDR_SIG).map(|v| v.as_str())
 }
 
 /// The event body this node publishes (borrowing, so publishing clones nothing).

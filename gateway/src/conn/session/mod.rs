@@ -10,8 +10,8 @@ use std::{
 
 use axum::extract::ws::Message;
 use gateway_protocol::{
-    Channel, ClientFrame, CloseCode, DisconnectReason, ErrorBody, ErrorCode, Namespace, PrincipalKind, ServerFrame,
-    now_ms,
+    Channel, ClientFrame, CloseCode, DisconnectReason, ErrorBody, ErrorCode, EventName, Namespace, PrincipalKind,
+    ServerFrame, SystemEvent, now_ms,
 };
 use serde_json::{Value, json};
 
@@ -24,10 +24,7 @@ use crate::{auth::Identity, config::ms, hub::to_message, node::Node, presence::C
 
 mod requests;
 
-/// Event names only the gateway publishes (presence join/leave).
-const RESERVED_EVENT_PREFIX: &str = "presence.";
-
-/// Longest accepted event or method name.
+/// Longest accepted method name.
 pub const MAX_NAME_LEN: usize = 128;
 
 /// A channel a subscribe or unsubscribe could not act on, as the response lists it.
@@ -169,6 +166,15 @@ impl Session {
             ClientFrame::Authenticate { .. } => {
                 self.fail(None, ErrorBody::new(ErrorCode::BadRequest, "already authenticated"));
             }
+            ClientFrame::Subscribe { id, channels, .. } | ClientFrame::Unsubscribe { id, channels }
+                if channels.len() > self.node.cfg.limits.max_channels =>
+            {
+                // Refused whole, before any per-name work: the answer stays one error
+                // however many names the frame carries.
+                let max = self.node.cfg.limits.max_channels;
+                let e = ErrorBody::new(ErrorCode::LimitExceeded, format!("a frame may name at most {max} channels"));
+                self.fail(id, e);
+            }
             ClientFrame::Subscribe { id, channels, token } => {
                 let result = self.subscribe(&channels, token.as_deref()).await;
                 self.answer_membership(id, "subscribed", result);
@@ -258,7 +264,7 @@ impl Session {
         self.channels.push(ch.clone());
         if self.node.access.tracks_presence(ch) {
             match self.node.presence.join(ch, &self.conn_ref()).await {
-                Ok(true) => self.node.announce_presence(ch, "presence.join", &self.identity.principal).await,
+                Ok(true) => self.node.announce_presence(ch, SystemEvent::PresenceJoin, &self.identity.principal).await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, channel = %ch, "presence join not recorded"),
             }
@@ -292,29 +298,27 @@ impl Session {
         }
         if self.node.access.tracks_presence(ch) {
             match self.node.presence.leave(ch, &self.conn_ref()).await {
-                Ok(true) => self.node.announce_presence(ch, "presence.leave", &self.identity.principal).await,
+                Ok(true) => self.node.announce_presence(ch, SystemEvent::PresenceLeave, &self.identity.principal).await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, channel = %ch, "presence leave not recorded"),
             }
         }
     }
 
-    async fn publish(&mut self, id: Option<String>, channel: &str, event: String, data: Value) {
+    async fn publish(&mut self, id: Option<String>, channel: &str, event: EventName, data: Value) {
         let ch = match Channel::parse(channel) {
             Ok(ch) => ch,
             Err(e) => return self.fail(id, (&e).into()),
         };
-        if event.is_empty() || event.len() > MAX_NAME_LEN {
-            return self.fail(id, ErrorBody::new(ErrorCode::BadRequest, "event must be 1-128 characters"));
-        }
-        if event.starts_with(RESERVED_EVENT_PREFIX) {
-            return self.fail(id, ErrorBody::new(ErrorCode::Forbidden, "presence.* events are the gateway's own"));
-        }
         if let Err(e) = self.node.access.may_publish(&self.identity, &ch, self.channels.contains(&ch)) {
             return self.fail(id, (&e).into());
         }
         let mut ev = self.node.new_event(ch, event, data);
         ev.from = Some(self.identity.principal.clone());
+        if let Err(e) = self.node.events.check(&ev) {
+            metrics::counter!(telemetry::EVENTS_REFUSED, "source" => "client", "reason" => e.label()).increment(1);
+            return self.fail(id, (&e).into());
+        }
         metrics::counter!(telemetry::PUBLISHED, "source" => "client").increment(1);
         match self.node.bus.publish(&ev).await {
             Ok(()) => self.ack(id),
@@ -322,15 +326,12 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, id: Option<String>, event: &str, data: &Value) {
+    async fn send(&mut self, id: Option<String>, event: &EventName, data: &Value) {
         // The same rule on every bus: the name must map onto an upstream subject.
-        if event.len() > MAX_NAME_LEN || crate::bus::upstream_subject(&self.node.cfg.subject_prefix, event).is_none() {
+        if crate::bus::upstream_subject(&self.node.cfg.subject_prefix, event).is_none() {
             return self.fail(
                 id,
-                ErrorBody::new(
-                    ErrorCode::BadRequest,
-                    "event must be 1-128 characters of [A-Za-z0-9_-] tokens separated by ':' or '.'",
-                ),
+                ErrorBody::new(ErrorCode::BadRequest, "event must be [A-Za-z0-9_-] tokens separated by ':' or '.'"),
             );
         }
         match self.node.bus.send_upstream(&self.conn_ref(), event, data).await {
@@ -466,7 +467,7 @@ impl Drop for Session {
             for ch in channels.iter().filter(|ch| node.access.tracks_presence(ch)) {
                 let r = ConnRef { node: node.id(), conn: &conn, principal: &principal };
                 if let Ok(true) = node.presence.leave(ch, &r).await {
-                    node.announce_presence(ch, "presence.leave", &principal).await;
+                    node.announce_presence(ch, SystemEvent::PresenceLeave, &principal).await;
                 }
             }
         });
