@@ -54,6 +54,12 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(ms(cfg.presence.lease_ms)));
         return Ok(Arc::new(Node::new(cfg, hub, bus, presence, auth, shutdown.clone(), tasks.clone())));
     }
+    if !crate::events::SystemSigner::new(&cfg).1 {
+        tracing::warn!(
+            "no cluster_secret, jwt_secret or admin_key: the signature of the gateway's own events rests on no \
+             secret, so a NATS publisher could forge presence events; set cluster_secret"
+        );
+    }
     let redis = Arc::new(RedisPresence::connect(&cfg).await?);
     redis.spawn_monitor(tasks, shutdown.stop_token());
     // One Redis connection serves presence, counts and API keys.
