@@ -1,0 +1,120 @@
+/**
+ * Writing `subscribe` frames: new channels subscribed in the same tick travel in one
+ * frame; after a (re)connect every channel goes out again in one frame carrying
+ * `recover: {channel: {offset, epoch}}` for the channels with a known position (§9),
+ * except channels with a channel token, which need a frame each. The answers confirm or
+ * reject channels and, after a reconnect, report `recovered` per channel.
+ */
+
+import type { Channels, ChannelToken } from "./channels.js";
+import { GatewayError } from "./errors.js";
+import type { ClientFrame, SubscribeResult } from "./frames.js";
+import { TRANSIENT_CODES } from "./policy.js";
+
+export interface SubscriberDeps {
+  channels: Channels;
+  /** Sends a frame with a fresh id; resolves with the response's result. */
+  call: (frame: ClientFrame) => Promise<SubscribeResult>;
+  emit: (key: string, ...args: unknown[]) => void;
+  /** An id of the current connection while connected, else undefined. */
+  live: () => number | undefined;
+}
+
+export class Subscriber {
+  private batch = new Set<string>();
+  private scheduled = false;
+
+  constructor(private readonly d: SubscriberDeps) {}
+
+  /** A channel subscribed while connected: joins with the others of this tick. */
+  add(channel: string): void {
+    this.batch.add(channel);
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(() => {
+      this.scheduled = false;
+      const names = [...this.batch].filter((c) => this.d.channels.has(c));
+      this.batch.clear();
+      if (names.length && this.d.live() !== undefined) void this.send(names, false);
+    });
+  }
+
+  /** Unsubscribed before its frame went out. */
+  drop(channel: string): void {
+    this.batch.delete(channel);
+  }
+
+  /** The connection ended. */
+  clear(): void {
+    this.batch.clear();
+  }
+
+  /**
+   * After `connected`: every channel (the first time, those subscribed so far). Returns a
+   * promise only when a channel token function must be awaited; it settles once every
+   * frame is written.
+   */
+  resubscribe(reconnect: boolean): Promise<void> | undefined {
+    this.batch.clear();
+    const names = reconnect ? this.d.channels.resubscribeSet() : this.d.channels.names();
+    return names.length ? this.send(names, reconnect) : undefined;
+  }
+
+  private send(names: string[], reconnect: boolean): Promise<void> | undefined {
+    const { channels } = this.d;
+    const plain = names.filter((c) => channels.token(c) === undefined);
+    if (plain.length) this.frame(plain, undefined, reconnect);
+    const waits: Promise<void>[] = [];
+    const conn = this.d.live();
+    for (const ch of names.filter((c) => channels.token(c) !== undefined)) {
+      const t = channels.token(ch) as ChannelToken;
+      if (typeof t === "string") {
+        this.frame([ch], t, reconnect);
+        continue;
+      }
+      const written = Promise.resolve()
+        .then(t)
+        .then(
+          (tok) => {
+            if (conn !== undefined && this.d.live() === conn) this.frame([ch], tok, reconnect);
+          },
+          (e) => {
+            const err = new GatewayError("token_error", `channel token for ${ch}: ${String(e)}`, { channel: ch, cause: e });
+            channels.reject(ch, err);
+            this.d.emit("error", err);
+          },
+        );
+      waits.push(written);
+    }
+    return waits.length ? Promise.all(waits).then(() => undefined) : undefined;
+  }
+
+  private frame(names: string[], token: string | undefined, reconnect: boolean): void {
+    const { channels } = this.d;
+    const recover = channels.recoverFor(names);
+    const frame: ClientFrame = { type: "subscribe", channels: names, ...(token ? { token } : {}), ...(recover ? { recover } : {}) };
+    this.d.call(frame).then(
+      (res) => {
+        const rejected = new Map((res?.rejected ?? []).map((r) => [r.channel, r]));
+        for (const ch of names) {
+          const r = rejected.get(ch);
+          if (r) {
+            const err = new GatewayError(r.code, `subscribe ${ch}: ${r.message}`, { channel: ch });
+            channels.reject(ch, err);
+            // A first refusal, or one a reconnect cannot fix, drops the channel.
+            if (!reconnect || !TRANSIENT_CODES.has(r.code)) channels.forget(ch);
+            this.d.emit("error", err);
+            continue;
+          }
+          channels.confirm(ch);
+          if (reconnect) this.d.emit("recovered", { channel: ch, recovered: res?.recovered?.[ch] === true });
+        }
+      },
+      (err: GatewayError) => {
+        if (err.code === "disconnected" || err.code === "closed") return; // again on the next connection
+        for (const ch of names) channels.reject(ch, err);
+        this.d.emit("error", err);
+      },
+    );
+  }
+}
