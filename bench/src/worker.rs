@@ -204,6 +204,7 @@ async fn open(target: &Target, src: Ipv4Addr, token: &str, channel: Option<&str>
         id: Some("bench".into()),
         channels: vec![channel.to_owned()],
         token: None,
+        recover: Default::default(),
     })
     .map_err(|e| e.to_string())?;
     ws.send(Message::Text(sub.into())).await.map_err(|e| reason(&e))?;

@@ -186,6 +186,8 @@ mod tests {
             id: "m1".into(),
             ts: 1,
             from: None,
+            offset: None,
+            epoch: None,
         }
     }
 

@@ -318,6 +318,8 @@ mod tests {
             id: "m".into(),
             ts: 0,
             from: None,
+            offset: None,
+            epoch: None,
         }
     }
 

@@ -158,7 +158,16 @@ impl Node {
 
     /// A new event with a fresh id and the current time.
     pub fn new_event(&self, channel: Channel, event: EventName, data: serde_json::Value) -> EventFrame {
-        EventFrame { channel, event, data, id: uuid::Uuid::now_v7().to_string(), ts: now_ms(), from: None }
+        EventFrame {
+            channel,
+            event,
+            data,
+            id: uuid::Uuid::now_v7().to_string(),
+            ts: now_ms(),
+            from: None,
+            offset: None,
+            epoch: None,
+        }
     }
 
     /// Publishes `presence.join` / `presence.leave` for a member on a channel.

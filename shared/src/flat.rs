@@ -64,11 +64,26 @@ struct FlatOut<'a> {
     /// a backend's or the gateway's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     from: Option<&'a Principal>,
+    /// History offset of an event on a channel that keeps history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    /// Epoch of that offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
 }
 
 impl<'a> FlatOut<'a> {
     fn plain(kind: &'a str, payload: Value) -> Self {
-        FlatOut { kind, payload, channel: None, timestamp: None, message_id: None, from: None }
+        FlatOut {
+            kind,
+            payload,
+            channel: None,
+            timestamp: None,
+            message_id: None,
+            from: None,
+            offset: None,
+            epoch: None,
+        }
     }
 }
 
@@ -92,6 +107,8 @@ fn shape(frame: &ServerFrame) -> FlatOut<'_> {
             timestamp: Some(e.ts),
             message_id: Some(&e.id),
             from: e.from.as_ref(),
+            offset: e.offset,
+            epoch: e.epoch.as_deref(),
         },
         ServerFrame::Connected { connection_id, principal, .. } => {
             let who = match principal.kind {

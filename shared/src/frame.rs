@@ -1,6 +1,8 @@
 //! Typed frames of both directions (contract §2). The canonical JSON and MessagePack
 //! encodings are these types' serde form; the flat shape is in [`crate::flat`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -25,6 +27,10 @@ pub enum ClientFrame {
         /// A channel JWT for `session:` channels under the `token` policy.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Channel → the last position the client saw: the events after it are replayed
+        /// before live ones (contract §9). The response says which could be.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        recover: BTreeMap<String, StreamPosition>,
     },
     /// Leave channels.
     Unsubscribe {
@@ -143,6 +149,17 @@ pub enum DisconnectReason {
     ProtocolErrors,
 }
 
+/// A place in a channel's history: an event's offset and the epoch of the store that
+/// issued it. Offsets grow along a channel; a new epoch means the store was reset and
+/// older offsets mean nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The event's offset.
+    pub offset: u64,
+    /// The store incarnation.
+    pub epoch: String,
+}
+
 /// A channel event as delivered to subscribers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventFrame {
@@ -160,6 +177,19 @@ pub struct EventFrame {
     /// the client); absent for events from backends and the gateway itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Principal>,
+    /// Its offset in the channel's history; set on channels that keep history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The epoch of the store that issued `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+}
+
+impl EventFrame {
+    /// Its history position, when the channel keeps history.
+    pub fn position(&self) -> Option<StreamPosition> {
+        Some(StreamPosition { offset: self.offset?, epoch: self.epoch.clone()? })
+    }
 }
 
 /// A frame the server sends.

@@ -11,12 +11,14 @@ pub mod error;
 pub mod event;
 pub mod flat;
 pub mod frame;
+pub mod history;
 
 pub use channel::{Channel, ChannelError, Namespace};
 pub use codec::{DecodeError, Encoded, Encoding, max_encoded_len};
 pub use error::{CloseCode, ErrorBody, ErrorCode};
 pub use event::{EventName, EventNameError, MAX_DATA_DEPTH, SystemEvent};
-pub use frame::{ClientFrame, DisconnectReason, EventFrame, Principal, PrincipalKind, ServerFrame};
+pub use frame::{ClientFrame, DisconnectReason, EventFrame, Principal, PrincipalKind, ServerFrame, StreamPosition};
+pub use history::{HISTORY_GET, HistoryPage, HistoryQuery};
 
 /// Milliseconds since the Unix epoch, the unit of every `ts` on the wire.
 pub fn now_ms() -> u64 {

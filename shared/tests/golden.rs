@@ -15,6 +15,8 @@ fn event() -> ServerFrame {
         id: "m1".into(),
         ts: 1700000000000,
         from: None,
+        offset: None,
+        epoch: None,
     })
 }
 
@@ -27,6 +29,8 @@ fn client_published_events_name_their_publisher() {
         id: "m2".into(),
         ts: 1,
         from: Some(Principal { kind: PrincipalKind::User, id: "u1".into() }),
+        offset: None,
+        epoch: None,
     });
     assert_eq!(
         std::str::from_utf8(&Encoding::Json.encode(&frame).bytes).unwrap(),
@@ -136,7 +140,12 @@ fn client_frames() -> Vec<(ClientFrame, &'static str)> {
     vec![
         (ClientFrame::Authenticate { token: "t".into() }, r#"{"type":"authenticate","token":"t"}"#),
         (
-            ClientFrame::Subscribe { id: Some("s1".into()), channels: vec!["session:abc".into()], token: None },
+            ClientFrame::Subscribe {
+                id: Some("s1".into()),
+                channels: vec!["session:abc".into()],
+                token: None,
+                recover: Default::default(),
+            },
             r#"{"type":"subscribe","id":"s1","channels":["session:abc"]}"#,
         ),
         (

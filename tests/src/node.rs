@@ -310,6 +310,7 @@ pub async fn subscribe(c: &mut Client, id: &str, channels: &[&str], token: Optio
         id: Some(id.into()),
         channels: channels.iter().map(|s| s.to_string()).collect(),
         token: token.map(String::from),
+        recover: Default::default(),
     })
     .await?;
     response(c, id).await?.map_err(|e| anyhow::anyhow!("subscribe {id} failed: {e:?}"))

@@ -270,8 +270,13 @@ async fn in_band_authenticate() -> anyhow::Result<()> {
     // Before authenticating: ping is answered, anything else is refused and nothing is sent.
     c.send(&ClientFrame::Ping).await?;
     assert!(matches!(c.recv_timeout(WAIT).await?, Received::Frame(ServerFrame::Pong { .. })));
-    c.send(&ClientFrame::Subscribe { id: Some("s0".into()), channels: vec!["broadcast:all".into()], token: None })
-        .await?;
+    c.send(&ClientFrame::Subscribe {
+        id: Some("s0".into()),
+        channels: vec!["broadcast:all".into()],
+        token: None,
+        recover: Default::default(),
+    })
+    .await?;
     let e = next_error(&mut c).await?;
     assert_eq!(e.code, ErrorCode::Unauthorized, "{e:?}");
     c.send(&ClientFrame::Authenticate { token: user_token("u1", &["p1"], &[], LONG) }).await?;

@@ -173,8 +173,16 @@ async fn events_json_and_msgpack_reach_inbound() -> Result<()> {
     assert_eq!((ev.event.as_str(), &ev.data, ev.id.as_str(), ev.ts), ("typing", &json!({"a":1}), "m-1", 1234));
 
     // The bus's own publish reaches every subscribed node, itself included, id and ts kept.
-    let frame =
-        EventFrame { channel: s1.clone(), event: "e".into(), data: json!([1]), id: "id-9".into(), ts: 42, from: None };
+    let frame = EventFrame {
+        channel: s1.clone(),
+        event: "e".into(),
+        data: json!([1]),
+        id: "id-9".into(),
+        ts: 42,
+        from: None,
+        offset: None,
+        epoch: None,
+    };
     node.bus.publish(&frame).await?;
     until(WAIT, || node.rec.events().len() == 3).await?;
     assert_eq!(node.rec.events()[2], frame);
@@ -410,8 +418,16 @@ async fn delivery_resumes_after_nats_restart() -> Result<()> {
 
     server.stop().await;
     let noticed = until(WAIT, || node.bus.health().status == "disconnected").await?;
-    let frame =
-        EventFrame { channel: s1.clone(), event: "x".into(), data: Value::Null, id: "i".into(), ts: 1, from: None };
+    let frame = EventFrame {
+        channel: s1.clone(),
+        event: "x".into(),
+        data: Value::Null,
+        id: "i".into(),
+        ts: 1,
+        from: None,
+        offset: None,
+        epoch: None,
+    };
     assert!(matches!(node.bus.publish(&frame).await, Err(BusError::Unavailable(_))), "publish fails fast while down");
     sleep(Duration::from_millis(500)).await;
 

@@ -369,7 +369,13 @@ async fn a_subscribe_may_not_name_more_channels_than_a_connection_holds() -> any
     // per-name work (a frame of 65,000 empty names used to cost ~1,000 normal ones).
     let names: Vec<String> = (0..50).map(|i| format!("project:p{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    c.send(&ClientFrame::Subscribe { id: Some("s".into()), channels: names.clone(), token: None }).await?;
+    c.send(&ClientFrame::Subscribe {
+        id: Some("s".into()),
+        channels: names.clone(),
+        token: None,
+        recover: Default::default(),
+    })
+    .await?;
     let e = response(&mut c, "s").await?.err().map(|e| e.code);
     assert_eq!(e, Some(ErrorCode::LimitExceeded));
     let empty = vec![String::new(); 20_000];
@@ -377,7 +383,8 @@ async fn a_subscribe_may_not_name_more_channels_than_a_connection_holds() -> any
     c.send_text(&frame).await?;
     let answer = c.recv_message(WAIT).await?;
     assert!(answer.len() < 200, "one small error, got {} bytes", answer.len());
-    c.send(&ClientFrame::Subscribe { id: None, channels: names.clone(), token: None }).await?;
+    c.send(&ClientFrame::Subscribe { id: None, channels: names.clone(), token: None, recover: Default::default() })
+        .await?;
     assert_eq!(next_error(&mut c).await?.code, ErrorCode::LimitExceeded);
     // Within the bound: user:many holds one slot, so four of five join.
     let r = subscribe(&mut c, "s1", &refs[..5], None).await?;

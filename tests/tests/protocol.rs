@@ -140,8 +140,13 @@ async fn messagepack_round_trip() -> anyhow::Result<()> {
             bail!("{how}: expected connected")
         };
         assert_eq!((principal.id.as_str(), heartbeat_ms), ("u1", 30_000), "{how}");
-        c.send(&ClientFrame::Subscribe { id: Some("s1".into()), channels: vec!["project:p1".into()], token: None })
-            .await?;
+        c.send(&ClientFrame::Subscribe {
+            id: Some("s1".into()),
+            channels: vec!["project:p1".into()],
+            token: None,
+            recover: Default::default(),
+        })
+        .await?;
         let (id, r) = loop {
             match binary_frame(&mut c).await? {
                 ServerFrame::Response { id, result: Some(r), error: None } => break (id, r),

@@ -107,6 +107,8 @@ pub(super) fn decode_event(channel: &Channel, msg: &Message) -> Result<EventFram
         id: wire.id.filter(|id| !id.is_empty()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         ts: wire.ts.unwrap_or_else(now_ms),
         from: wire.from,
+        offset: None,
+        epoch: None,
     })
 }
 

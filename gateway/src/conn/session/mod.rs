@@ -175,7 +175,7 @@ impl Session {
                 let e = ErrorBody::new(ErrorCode::LimitExceeded, format!("a frame may name at most {max} channels"));
                 self.fail(id, e);
             }
-            ClientFrame::Subscribe { id, channels, token } => {
+            ClientFrame::Subscribe { id, channels, token, .. } => {
                 let result = self.subscribe(&channels, token.as_deref()).await;
                 self.answer_membership(id, "subscribed", result);
             }
