@@ -17,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod keys;

@@ -111,6 +111,76 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Backend request/reply and fault policy.
     pub fabric: FabricConfig,
+    /// History kept per namespace, for recovery after a reconnect and `history.get`.
+    pub history: HistoryConfig,
+}
+
+/// The history one namespace keeps (contract §9): per channel, the last `size` events,
+/// each for at most `ttl_ms`. `size = 0` keeps none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NsHistory {
+    /// Events kept per channel.
+    pub size: u64,
+    /// How long an event is kept, in ms.
+    pub ttl_ms: u64,
+}
+
+impl Default for NsHistory {
+    fn default() -> Self {
+        NsHistory { size: 0, ttl_ms: 0 }
+    }
+}
+
+/// History per namespace. The defaults keep enough for a client to ride out a network
+/// change, a node drain or a node crash (seconds to minutes) with room to spare:
+/// sessions, projects and users 200 events / 15 minutes; agents 200 events / 1 hour,
+/// because an agent's `task:assigned` must survive a redeploy of the agent itself;
+/// broadcast channels none (they fan out to everyone and are usually ephemeral).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// `session:` channels.
+    pub session: NsHistory,
+    /// `project:` channels.
+    pub project: NsHistory,
+    /// `user:` channels.
+    pub user: NsHistory,
+    /// `agent:` channels.
+    pub agent: NsHistory,
+    /// `broadcast:` channels.
+    pub broadcast: NsHistory,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| m * 60_000;
+        HistoryConfig {
+            session: NsHistory { size: 200, ttl_ms: minutes(15) },
+            project: NsHistory { size: 200, ttl_ms: minutes(15) },
+            user: NsHistory { size: 200, ttl_ms: minutes(15) },
+            agent: NsHistory { size: 200, ttl_ms: minutes(60) },
+            broadcast: NsHistory::default(),
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// What a namespace keeps.
+    pub fn of(&self, ns: Namespace) -> NsHistory {
+        match ns {
+            Namespace::Session => self.session,
+            Namespace::Project => self.project,
+            Namespace::User => self.user,
+            Namespace::Agent => self.agent,
+            Namespace::Broadcast => self.broadcast,
+        }
+    }
+
+    /// Whether a namespace keeps history.
+    pub fn keeps(&self, ns: Namespace) -> bool {
+        self.of(ns).size > 0
+    }
 }
 
 /// Credential checks.
@@ -260,6 +330,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             presence: PresenceConfig::default(),
             fabric: FabricConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -431,6 +502,15 @@ impl Config {
         }
         if self.limits.max_event_bytes < 256 || self.limits.max_event_bytes > self.limits.outbound_queue_bytes {
             return invalid("limits.max_event_bytes", "must be at least 256 and at most limits.outbound_queue_bytes");
+        }
+        for ns in Namespace::ALL {
+            let h = self.history.of(ns);
+            if h.size > 100_000 || (h.size > 0 && h.ttl_ms < 1_000) {
+                return invalid(
+                    "history",
+                    "each namespace: size at most 100000, and ttl_ms at least 1000 when size > 0",
+                );
+            }
         }
         if self.heartbeat.interval_ms == 0 || self.heartbeat.timeout_ms == 0 {
             return invalid("heartbeat.interval_ms", "must be > 0");
