@@ -405,12 +405,13 @@ where
             Some(Ok(Message::Text(t))) => (bytes::Bytes::from(t), false),
             Some(Ok(Message::Binary(b))) => (b, true),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Err(e)) if let Some(code) = error::violation(&e) => return Err(Some(Close::bare(code))),
             Some(Ok(Message::Close(_))) => {
                 answer_close(sink).await;
                 return Err(None);
             }
-            Some(Err(_)) | None => return Err(None),
+            // A violation closes with its code; an I/O error means the peer is gone.
+            Some(Err(e)) => return Err(error::violation(&e).map(Close::bare)),
+            None => return Err(None),
         };
         let step = in_band_frame(sink, node, encoding, connection_id, &payload, binary, &mut errors);
         match tokio::time::timeout_at(deadline, step).await {
