@@ -229,6 +229,8 @@ impl Node {
                 .env("GATEWAY_JWT_SECRET", &s.secret)
                 .env("GATEWAY_ADMIN_KEY", &s.admin_key)
                 .env("GATEWAY_LIMITS__PER_IP", "1000000")
+                .env("GATEWAY_LIMITS__PENDING_PER_IP", "1000000")
+                .env("GATEWAY_LIMITS__MAX_PENDING", "100000")
                 .env("GATEWAY_LIMITS__PER_USER", "1000")
                 .env("GATEWAY_LIMITS__MAX_CONNECTIONS", "100000")
                 .env("GATEWAY_DRAIN__DELAY_MS", "0")

@@ -41,6 +41,25 @@ pub fn close_code(code: ErrorCode) -> CloseCode {
     }
 }
 
+/// The close code for a WebSocket read error that is the peer's fault: a message over
+/// the size limit (1009), a text message that is not UTF-8 (1007), another breach of
+/// the WebSocket protocol (1002). `None` when the peer is just gone (I/O error, EOF).
+pub fn violation<E: std::error::Error + 'static>(e: &E) -> Option<CloseCode> {
+    use tokio_tungstenite::tungstenite::error::{Error as Ws, ProtocolError};
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        match err.downcast_ref::<Ws>() {
+            Some(Ws::Capacity(_)) => return Some(CloseCode::TooBig),
+            Some(Ws::Utf8(_)) => return Some(CloseCode::InvalidPayload),
+            Some(Ws::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => return None,
+            Some(Ws::Protocol(_)) => return Some(CloseCode::ProtocolViolation),
+            Some(_) => return None,
+            None => cur = err.source(),
+        }
+    }
+    None
+}
+
 impl From<&AuthError> for ErrorBody {
     fn from(e: &AuthError) -> Self {
         let code = match e {
@@ -121,5 +140,20 @@ mod tests {
         let b: ErrorBody = (&AuthError::Invalid("x")).into();
         assert_eq!(close_code(b.code), CloseCode::Unauthorized);
         assert_eq!(http_status(ErrorCode::LimitExceeded), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn websocket_violations_map_to_their_close_codes() {
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as Ws, ProtocolError};
+        let wrapped = |e: Ws| axum::Error::new(e);
+        let too_long = Ws::Capacity(CapacityError::MessageTooLong { size: 2, max_size: 1 });
+        assert_eq!(violation(&wrapped(too_long)), Some(CloseCode::TooBig));
+        let utf8 = Ws::Utf8("bad".into());
+        assert_eq!(violation(&wrapped(utf8)), Some(CloseCode::InvalidPayload));
+        let rsv = Ws::Protocol(ProtocolError::NonZeroReservedBits);
+        assert_eq!(violation(&wrapped(rsv)), Some(CloseCode::ProtocolViolation));
+        let gone = Ws::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert_eq!(violation(&wrapped(gone)), None);
+        assert_eq!(violation(&wrapped(Ws::ConnectionClosed)), None);
     }
 }

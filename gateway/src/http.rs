@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use axum::{
     Json, Router,
     extract::{
-        ConnectInfo, Query, State, WebSocketUpgrade, rejection::QueryRejection,
+        ConnectInfo, Extension, Query, State, WebSocketUpgrade, rejection::QueryRejection,
         ws::rejection::WebSocketUpgradeRejection,
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -29,6 +29,7 @@ use crate::{
         driver::{self, Start},
     },
     error::ApiError,
+    listener::SocketCtl,
     node::{HEALTH_TIMEOUT, Node},
     telemetry,
 };
@@ -113,6 +114,7 @@ fn negotiate(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<(Encodi
 async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    socket: Option<Extension<Arc<SocketCtl>>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -180,7 +182,8 @@ async fn upgrade(
     if by_subprotocol {
         ws = ws.protocols([encoding.subprotocol()]);
     }
-    let start = Start { connection_id, encoding, authenticated, subscribe };
+    let socket = socket.map(|Extension(s)| s);
+    let start = Start { connection_id, encoding, authenticated, subscribe, socket };
     let tasks = node.tasks.clone();
     Ok(ws.on_upgrade(move |socket| {
         let (sink, stream) = socket.split();

@@ -4,7 +4,7 @@
 //! first) in batches spread over the drain period, its registry entry is removed, and
 //! every task is awaited up to the hard deadline.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use gateway_protocol::{CloseCode, DisconnectReason};
 use tokio::{net::TcpListener, time::Instant};
@@ -84,12 +84,7 @@ pub async fn run(
     tasks.spawn(node.clone().maintain_presence());
     tasks.spawn(telemetry::upkeep(shutdown.stop_token()));
     let app = http::router(node.clone()).fallback(http::not_found);
-    let stopped = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { stopped.stopped().await })
-            .await
-    });
+    let server = tokio::spawn(crate::listener::serve(listener, app, node.clone()));
     tracing::info!(node = node.id(), clustered = cfg.clustered(), "gateway running");
     signal.await;
     drain(&node).await;

@@ -16,6 +16,14 @@ pub const CONNECTIONS: &str = "gateway_connections";
 pub const HANDSHAKES: &str = "gateway_handshakes_total";
 /// Upgrades refused before the socket opened, by `reason` (error code).
 pub const REFUSALS: &str = "gateway_handshake_refusals_total";
+/// HTTP connections accepted and not (yet) upgraded to WebSockets.
+pub const HTTP_CONNECTIONS: &str = "gateway_http_connections";
+/// HTTP connections closed for waiting too long, by `reason` (`header`: a request head
+/// started and did not finish in time; `idle`: nothing was sent in time).
+pub const HTTP_TIMEOUTS: &str = "gateway_http_timeouts_total";
+/// Closed WebSockets whose input was drained before the socket went (lingering
+/// close), by `end` (`eof`, `timeout`, `budget`, `error`).
+pub const LINGERING_CLOSES: &str = "gateway_lingering_closes_total";
 /// Credential checks that failed, by `reason` and `carrier`.
 pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
 /// Time from upgrade request to `connected`.

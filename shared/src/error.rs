@@ -97,6 +97,11 @@ pub enum CloseCode {
     Normal,
     /// 1001: the node is shutting down or draining; reconnect elsewhere.
     GoingAway,
+    /// 1002: the peer broke the WebSocket protocol (reserved bits, an unmasked or
+    /// malformed frame).
+    ProtocolViolation,
+    /// 1007: a text message that is not valid UTF-8.
+    InvalidPayload,
     /// 1008: a policy (e.g. origin) forbids the connection.
     Policy,
     /// 1009: a frame exceeded the size limit.
@@ -123,9 +128,11 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code, for tables and metrics.
-    pub const ALL: [CloseCode; 13] = [
+    pub const ALL: [CloseCode; 15] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
+        CloseCode::ProtocolViolation,
+        CloseCode::InvalidPayload,
         CloseCode::Policy,
         CloseCode::TooBig,
         CloseCode::Internal,
@@ -144,6 +151,8 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolViolation => 1002,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
             CloseCode::Internal => 1011,
@@ -163,6 +172,8 @@ impl CloseCode {
         match self {
             CloseCode::Normal => "normal",
             CloseCode::GoingAway => "going_away",
+            CloseCode::ProtocolViolation => "protocol_violation",
+            CloseCode::InvalidPayload => "invalid_payload",
             CloseCode::Policy => "policy",
             CloseCode::TooBig => "too_big",
             CloseCode::Internal => "internal",
@@ -193,6 +204,10 @@ mod tests {
             assert_eq!(CloseCode::from_code(c.code()), Some(c));
         }
         assert_eq!(CloseCode::from_code(4999), None);
+        // The codes a WebSocket library answers violations with are ours too.
+        assert_eq!(CloseCode::from_code(1002), Some(CloseCode::ProtocolViolation));
+        assert_eq!(CloseCode::from_code(1007), Some(CloseCode::InvalidPayload));
+        assert_eq!(CloseCode::InvalidPayload.reason(), "invalid_payload");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub fn test_config() -> Config {
     cfg.drain.period_ms = 200;
     cfg.drain.deadline_ms = 5_000;
     cfg.limits.per_ip = 100_000;
+    // Every test client comes from 127.0.0.1; the pending caps have their own tests.
+    cfg.limits.pending_per_ip = 100_000;
     cfg
 }
 
@@ -218,6 +220,7 @@ impl ProcessNode {
             .env("GATEWAY_ADMIN_KEY", ADMIN_KEY)
             .env("GATEWAY_API_KEYS", AGENT_KEYS.iter().map(|(a, k)| format!("{a}:{k}")).collect::<Vec<_>>().join(","))
             .env("GATEWAY_LIMITS__PER_IP", "100000")
+            .env("GATEWAY_LIMITS__PENDING_PER_IP", "100000")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

@@ -99,6 +99,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Size and count limits.
     pub limits: Limits,
+    /// Timeouts of HTTP connections before they upgrade.
+    pub http: HttpConfig,
     /// Liveness of idle connections.
     pub heartbeat: Heartbeat,
     /// Per-connection frame rate limit.
@@ -232,6 +234,28 @@ pub struct Limits {
     pub read_buffer_bytes: usize,
     /// Backend requests one connection may have in flight.
     pub max_inflight_requests: usize,
+    /// HTTP connections (accepted, not upgraded) this node holds before answering 503:
+    /// idle or slow sockets must not use up the open-file limit that `/health`,
+    /// `/api/publish` and new WebSockets need.
+    pub max_pending: usize,
+    /// HTTP connections (accepted, not upgraded) per client IP before answering 429,
+    /// so one address cannot take all of `max_pending`. Behind a proxy every client
+    /// shares the proxy's address: raise it there, as `per_ip`.
+    pub pending_per_ip: u32,
+}
+
+/// Timeouts of HTTP connections before they upgrade (slowloris and idle sockets).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request head must be complete this long after the connection was accepted, or
+    /// after its first byte on a keep-alive connection; else the connection is closed.
+    pub header_timeout_ms: u64,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    /// Longer than load balancers keep idle upstream connections (nginx and AWS ALB:
+    /// 60 s), so the gateway is not the side that closes a connection the balancer is
+    /// about to reuse.
+    pub idle_timeout_ms: u64,
 }
 
 /// Liveness of idle connections.
@@ -324,6 +348,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             auth: AuthConfig::default(),
             limits: Limits::default(),
+            http: HttpConfig::default(),
             heartbeat: Heartbeat::default(),
             rate: RateConfig::default(),
             channels: ChannelsConfig::default(),
@@ -362,7 +387,15 @@ impl Default for Limits {
             max_protocol_errors: 10,
             read_buffer_bytes: 256,
             max_inflight_requests: 16,
+            max_pending: 1024,
+            pending_per_ip: 64,
         }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { header_timeout_ms: 10_000, idle_timeout_ms: 75_000 }
     }
 }
 
@@ -511,6 +544,12 @@ impl Config {
                     "each namespace: size at most 100000, and ttl_ms at least 1000 when size > 0",
                 );
             }
+        }
+        if self.http.header_timeout_ms == 0 || self.http.idle_timeout_ms == 0 {
+            return invalid("http.header_timeout_ms", "http timeouts must be > 0");
+        }
+        if self.limits.max_pending == 0 || self.limits.pending_per_ip == 0 {
+            return invalid("limits.max_pending", "pending connection caps must be > 0");
         }
         if self.heartbeat.interval_ms == 0 || self.heartbeat.timeout_ms == 0 {
             return invalid("heartbeat.interval_ms", "must be > 0");

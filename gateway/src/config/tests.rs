@@ -17,6 +17,8 @@ fn defaults_are_valid() {
     assert_eq!(c.listen.port(), 8080);
     assert_eq!(c.limits.per_agent, 5);
     assert!(!c.clustered());
+    assert_eq!((c.http.header_timeout_ms, c.http.idle_timeout_ms), (10_000, 75_000));
+    assert_eq!((c.limits.max_pending, c.limits.pending_per_ip), (1024, 64));
 }
 
 #[test]
@@ -29,6 +31,8 @@ fn bad_values_name_their_key() {
     assert!(e.contains("listen"), "{e}");
     let e = with(&[("limits", "{ per_agent = \"five\" }")]).unwrap_err().to_string();
     assert!(e.contains("per_agent"), "{e}");
+    let e = with(&[("http", "{ header_timeout_ms = 0 }")]).unwrap_err().to_string();
+    assert!(e.contains("http.header_timeout_ms"), "{e}");
     let e = with(&[("bogus", "1")]).unwrap_err().to_string();
     assert!(e.contains("bogus"), "{e}");
 }

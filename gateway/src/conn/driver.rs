@@ -21,7 +21,7 @@ use super::{
     handle::{Close, ConnHandle, Outbox, message_len},
     session::{Flow, Session},
 };
-use crate::{auth::Identity, config::ms, error, hub::to_message, node::Node, telemetry};
+use crate::{auth::Identity, config::ms, error, hub::to_message, listener::SocketCtl, node::Node, telemetry};
 
 /// Messages written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;
@@ -40,6 +40,9 @@ pub struct Start {
     pub authenticated: Option<(Identity, Admission)>,
     /// `?subscribe=` channel names.
     pub subscribe: Vec<String>,
+    /// The accepted socket, to ask for a lingering close when the server closes (so
+    /// the close frame is not lost to a reset); `None` over in-memory channels.
+    pub socket: Option<Arc<SocketCtl>>,
 }
 
 /// Runs one connection to its end.
@@ -59,14 +62,14 @@ where
     let encoding = start.encoding;
     let opening = Box::pin(open(sink, stream, node, start));
     async move {
-        let Some(Opened { mut sink, mut stream, node, mut session, mut outbox }) = opening.await else {
+        let Some(Opened { mut sink, mut stream, node, mut session, mut outbox, socket }) = opening.await else {
             return;
         };
         let handle = session.handle().clone();
         let ended =
             tokio::join!(write_loop(&mut sink, &mut outbox, &handle), read_loop(&mut stream, &mut session, &node)).1;
         drop(handle);
-        Box::pin(finish(sink, stream, ended, encoding, outbox, session)).await;
+        Box::pin(finish(sink, stream, ended, encoding, outbox, session, socket)).await;
     }
 }
 
@@ -77,6 +80,7 @@ struct Opened<W, R> {
     node: Arc<Node>,
     session: Session,
     outbox: Outbox,
+    socket: Option<Arc<SocketCtl>>,
 }
 
 /// Authenticates (in band when the handshake did not), registers the connection, sends
@@ -94,6 +98,9 @@ where
             Ok(pair) => pair,
             Err(close) => {
                 if let Some(close) = close {
+                    if let Some(socket) = &start.socket {
+                        socket.linger();
+                    }
                     let sent = tokio::time::timeout(CLOSE_TIMEOUT, send_close(&mut sink, start.encoding, close)).await;
                     if matches!(sent, Ok(true)) {
                         await_close_answer(&mut stream).await;
@@ -133,7 +140,7 @@ where
     let (_, rejected) = session.subscribe(&names, None).await;
     session.report_rejections(rejected);
     metrics::histogram!(telemetry::HANDSHAKE_SECONDS).record(began.elapsed().as_secs_f64());
-    Some(Opened { sink, stream, node, session, outbox })
+    Some(Opened { sink, stream, node, session, outbox, socket: start.socket })
 }
 
 /// Closes the socket the way the reader's end calls for, then releases everything.
@@ -144,6 +151,7 @@ async fn finish<W, R, E>(
     encoding: Encoding,
     mut outbox: Outbox,
     session: Session,
+    socket: Option<Arc<SocketCtl>>,
 ) where
     W: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
@@ -152,6 +160,11 @@ async fn finish<W, R, E>(
     let close = handle.close_requested().unwrap_or(Close::bare(CloseCode::Normal));
     match ended {
         ReadEnd::Server => {
+            // The peer may have sent more than was read (an oversized message stops
+            // reading mid-frame): drain it after the close, or a reset may lose the frame.
+            if let Some(socket) = &socket {
+                socket.linger();
+            }
             let wait = if close.code == CloseCode::SlowConsumer { SLOW_CLOSE_TIMEOUT } else { CLOSE_TIMEOUT };
             let sent = tokio::time::timeout(wait, send_close(&mut sink, encoding, close)).await;
             if matches!(sent, Ok(true)) {
@@ -313,11 +326,13 @@ where
                     handle.close(Close::bare(CloseCode::Normal));
                     return ReadEnd::PeerGone;
                 }
-                Some(Err(e)) if too_big(&e) => Flow::Close(Close::bare(CloseCode::TooBig)),
-                Some(Err(_)) => {
-                    handle.close(Close::bare(CloseCode::Normal));
-                    return ReadEnd::PeerGone;
-                }
+                Some(Err(e)) => match error::violation(&e) {
+                    Some(code) => Flow::Close(Close::bare(code)),
+                    None => {
+                        handle.close(Close::bare(CloseCode::Normal));
+                        return ReadEnd::PeerGone;
+                    }
+                },
             },
             () = &mut timer => {
                 let now = Instant::now();
@@ -358,20 +373,6 @@ where
     }
 }
 
-/// Whether a read error is the size limit (tungstenite's capacity error).
-fn too_big<E: std::error::Error + 'static>(e: &E) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-use tokio_tungstenite::tungstenite;
-
 /// The in-band authentication phase: only `authenticate` and `ping` until the timeout.
 /// `Err(None)` means the peer left; `Err(Some(close))` is how to close.
 async fn authenticate_in_band<W, R, E>(
@@ -404,12 +405,13 @@ where
             Some(Ok(Message::Text(t))) => (bytes::Bytes::from(t), false),
             Some(Ok(Message::Binary(b))) => (b, true),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Err(e)) if too_big(&e) => return Err(Some(Close::bare(CloseCode::TooBig))),
             Some(Ok(Message::Close(_))) => {
                 answer_close(sink).await;
                 return Err(None);
             }
-            Some(Err(_)) | None => return Err(None),
+            // A violation closes with its code; an I/O error means the peer is gone.
+            Some(Err(e)) => return Err(error::violation(&e).map(Close::bare)),
+            None => return Err(None),
         };
         let step = in_band_frame(sink, node, encoding, connection_id, &payload, binary, &mut errors);
         match tokio::time::timeout_at(deadline, step).await {

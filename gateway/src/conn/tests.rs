@@ -53,7 +53,7 @@ async fn start(node: &Arc<Node>, identity: Option<Identity>) -> Start {
         None => None,
     }
     .map(|(a, i)| (i, a));
-    Start { connection_id, encoding: Encoding::Json, authenticated, subscribe: vec![] }
+    Start { connection_id, encoding: Encoding::Json, authenticated, subscribe: vec![], socket: None }
 }
 
 fn close_code(m: &Message) -> Option<u16> {
