@@ -211,6 +211,12 @@ impl ConnHandle {
         Some(m)
     }
 
+    /// Whether `frames` frames of `bytes` bytes fit the queue's bounds (for events held
+    /// elsewhere on their way to this queue).
+    pub fn fits(&self, frames: usize, bytes: usize) -> bool {
+        frames <= self.max_frames && bytes <= self.max_bytes
+    }
+
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes

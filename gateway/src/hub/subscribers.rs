@@ -1,0 +1,219 @@
+//! One channel's local subscribers: the dense list the fan-out walks, the index that
+//! makes leaving O(1) on large channels, and the gates of subscribers whose history
+//! replay is in progress (their live events wait at the gate so the replay can go
+//! first, in order, with nothing twice).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::extract::ws::Message;
+use gateway_protocol::CloseCode;
+
+use crate::conn::handle::{Close, ConnHandle, ConnId};
+
+/// Channels with more local subscribers than this keep an index for O(1) removal;
+/// smaller ones are scanned.
+const INDEX_ABOVE: usize = 16;
+
+/// An event held for a gated subscriber: its offset (0 when it has none) and the
+/// message in that subscriber's encoding.
+pub(crate) type Held = (u64, Message, usize);
+
+/// A subscriber whose replay is being fetched.
+pub(super) struct Gate {
+    /// The connection.
+    pub(super) conn: Arc<ConnHandle>,
+    /// Live events that arrived meanwhile, oldest first.
+    pub(super) held: Vec<Held>,
+    /// Their bytes, bounded like the connection's queue.
+    pub(super) held_bytes: usize,
+    /// Offsets it already received live before it was gated again: `(after, upto]`.
+    pub(super) delivered: Option<(u64, u64)>,
+}
+
+/// One channel's local subscribers.
+#[derive(Default)]
+pub(super) struct Subscribers {
+    /// Live subscribers, in no particular order.
+    pub(super) list: Vec<Arc<ConnHandle>>,
+    /// Per entry of `list`: the channel's `last` offset when it joined, so a subscriber
+    /// gated again knows which offsets it already got live.
+    joined: Vec<u64>,
+    /// ConnId → position in `list`; `None` while the list is small. Boxed so that the
+    /// many one-subscriber channels (every user's own) carry 8 bytes, not a whole map.
+    #[expect(clippy::box_collection, reason = "8 bytes for the common small channel instead of a map's 48")]
+    index: Option<Box<HashMap<ConnId, usize>>>,
+    /// Offset of the first event delivered here since the entry exists (0: none yet), for
+    /// subscribers that joined before any: they received everything from it on.
+    pub(super) first: AtomicU64,
+    /// Offset of the last event delivered here (0: none carried one).
+    pub(super) last: AtomicU64,
+    /// Subscribers waiting for their replay; `None` (8 bytes) on almost every channel.
+    gates: Option<Box<Mutex<Vec<Gate>>>>,
+}
+
+impl Subscribers {
+    /// Live and gated subscribers.
+    pub(super) fn len(&self) -> usize {
+        self.list.len() + self.gates.as_ref().map_or(0, |g| lock(g).len())
+    }
+
+    /// No subscriber at all, live or gated.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn position(&self, id: ConnId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&id).copied(),
+            None => self.list.iter().position(|c| c.id == id),
+        }
+    }
+
+    /// Adds `conn` as a live subscriber; false if it was one already.
+    pub(super) fn insert(&mut self, conn: &Arc<ConnHandle>) -> bool {
+        if self.position(conn.id).is_some() {
+            return false;
+        }
+        if self.list.capacity() == 0 {
+            // Most channels (a user's own) have one subscriber.
+            self.list.reserve_exact(1);
+            self.joined.reserve_exact(1);
+        }
+        self.list.push(conn.clone());
+        self.joined.push(self.last.load(Ordering::Acquire));
+        match &mut self.index {
+            Some(index) => {
+                index.insert(conn.id, self.list.len() - 1);
+            }
+            None if self.list.len() > INDEX_ABOVE => {
+                self.index = Some(Box::new(self.list.iter().enumerate().map(|(i, c)| (c.id, i)).collect()));
+            }
+            None => {}
+        }
+        true
+    }
+
+    /// Removes a live subscriber; returns the offset it joined at, if it was there.
+    fn remove_live(&mut self, id: ConnId) -> Option<u64> {
+        let i = self.position(id)?;
+        self.list.swap_remove(i);
+        let joined = self.joined.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(&id);
+            if let Some(moved) = self.list.get(i) {
+                index.insert(moved.id, i);
+            }
+            if self.list.len() <= INDEX_ABOVE / 2 {
+                self.index = None;
+            }
+        }
+        if self.list.capacity() > 8 && self.list.len() < self.list.capacity() / 4 {
+            self.list.shrink_to(self.list.len() * 2);
+            self.joined.shrink_to(self.list.len() * 2);
+        }
+        Some(joined)
+    }
+
+    /// Removes `id`, live or gated; false if it was not there.
+    pub(super) fn remove(&mut self, id: ConnId) -> bool {
+        if self.remove_live(id).is_some() {
+            return true;
+        }
+        self.take_gate(id).is_some()
+    }
+
+    /// Puts `conn` behind a gate: from now on its live events are held. If it was a
+    /// live subscriber, the offsets it already received are remembered.
+    pub(super) fn gate(&mut self, conn: &Arc<ConnHandle>) {
+        let (first, last) = (self.first.load(Ordering::Acquire), self.last.load(Ordering::Acquire));
+        let delivered = match self.remove_live(conn.id) {
+            Some(0) if first > 0 => Some((first - 1, last)),
+            Some(joined) if joined > 0 && last > joined => Some((joined, last)),
+            _ => None,
+        };
+        let gates = self.gates.get_or_insert_with(Box::default);
+        let mut g = lock(gates);
+        g.retain(|x| x.conn.id != conn.id);
+        g.push(Gate { conn: conn.clone(), held: Vec::new(), held_bytes: 0, delivered });
+    }
+
+    /// Takes `id`'s gate away (to open it, or because it left).
+    pub(super) fn take_gate(&mut self, id: ConnId) -> Option<Gate> {
+        let gates = self.gates.as_ref()?;
+        let mut g = lock(gates);
+        let i = g.iter().position(|x| x.conn.id == id)?;
+        let gate = g.swap_remove(i);
+        let now_empty = g.is_empty();
+        drop(g);
+        if now_empty {
+            self.gates = None;
+        }
+        Some(gate)
+    }
+
+    /// Notes an event's offset as delivered here.
+    pub(super) fn record(&self, offset: u64) {
+        if offset > 0 {
+            let _ = self.first.compare_exchange(0, offset, Ordering::AcqRel, Ordering::Acquire);
+            self.last.fetch_max(offset, Ordering::AcqRel);
+        }
+    }
+
+    /// Holds an event for every gated subscriber. `encode` gives the message for an
+    /// encoding (shared with the live fan-out). A gate that outgrows the connection's
+    /// queue bounds closes it as a slow consumer, as a full queue would.
+    pub(super) fn hold(&self, offset: u64, mut encode: impl FnMut(&ConnHandle) -> (Message, usize)) {
+        let Some(gates) = &self.gates else {
+            return;
+        };
+        for gate in lock(gates).iter_mut() {
+            if gate.conn.is_closing() {
+                continue;
+            }
+            let (msg, len) = encode(&gate.conn);
+            if !gate.conn.fits(gate.held.len() + 1, gate.held_bytes + len) {
+                gate.conn.close(Close::bare(CloseCode::SlowConsumer));
+                gate.held = Vec::new();
+                continue;
+            }
+            gate.held_bytes += len;
+            gate.held.push((offset, msg, len));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Gate {
+    /// Queues `replay` (history, oldest first) and then the held live events, skipping
+    /// every offset the connection already received or that the replay covered.
+    /// Returns how many were queued.
+    pub(super) fn release(self, replay: Vec<Held>) -> usize {
+        let seen = |off: u64| self.delivered.is_some_and(|(after, upto)| off > after && off <= upto);
+        let mut pushed_max = 0;
+        let mut n = 0;
+        for (off, msg, _) in replay {
+            if seen(off) || (off != 0 && off <= pushed_max) {
+                continue;
+            }
+            pushed_max = pushed_max.max(off);
+            n += usize::from(self.conn.push(msg));
+        }
+        for (off, msg, _) in self.held {
+            if off != 0 && (seen(off) || off <= pushed_max) {
+                continue;
+            }
+            pushed_max = pushed_max.max(off);
+            n += usize::from(self.conn.push(msg));
+        }
+        n
+    }
+}
