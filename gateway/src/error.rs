@@ -9,7 +9,7 @@ use axum::{
 };
 use gateway_protocol::{CloseCode, ErrorBody, ErrorCode};
 
-use crate::{auth::AuthError, bus::BusError, events::EventRefused, presence::PresenceError};
+use crate::{auth::AuthError, bus::BusError, events::EventRefused, history::HistoryError, presence::PresenceError};
 
 /// The HTTP status for an error code (handshake refusals and the HTTP API).
 pub fn http_status(code: ErrorCode) -> StatusCode {
@@ -90,6 +90,16 @@ impl From<&EventRefused> for ErrorBody {
             EventRefused::Reserved(_) => ErrorCode::Forbidden,
             EventRefused::TooDeep => ErrorCode::BadRequest,
             EventRefused::TooLarge { .. } => ErrorCode::TooLarge,
+        };
+        ErrorBody::new(code, e.to_string())
+    }
+}
+
+impl From<&HistoryError> for ErrorBody {
+    fn from(e: &HistoryError) -> Self {
+        let code = match e {
+            HistoryError::NotKept(_) => ErrorCode::NotFound,
+            HistoryError::Unavailable(_) => ErrorCode::Unavailable,
         };
         ErrorBody::new(code, e.to_string())
     }

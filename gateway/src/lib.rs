@@ -22,6 +22,7 @@ pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod listener;
+pub mod membership;
 pub mod node;
 pub mod presence;
 pub mod server;

@@ -11,10 +11,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use gateway_protocol::{
-    Channel, CloseCode, DisconnectReason, EventFrame, EventName, Principal, PrincipalKind, SystemEvent, now_ms,
-};
-use serde_json::json;
+use gateway_protocol::{Channel, CloseCode, DisconnectReason, EventFrame, EventName, PrincipalKind, now_ms};
 use tokio_util::task::TaskTracker;
 
 use crate::{
@@ -24,10 +21,11 @@ use crate::{
     config::{Config, ms},
     conn::handle::Close,
     events::EventPolicy,
+    history::{History, Keeping},
     hub::Hub,
+    membership::Membership,
     presence::{NodeReport, Presence},
     shutdown::Shutdown,
-    telemetry,
 };
 
 /// Everything a connection or handler needs, shared by reference count.
@@ -46,6 +44,12 @@ pub struct Node {
     pub access: Access,
     /// What any source may publish (reserved names, depth, encoded size).
     pub events: EventPolicy,
+    /// Channel history (recovery, `history.get`).
+    pub history: Arc<dyn History>,
+    /// Which channels keep history and how much.
+    pub keeping: Keeping,
+    /// Joining and leaving channels, on this node and across the cluster.
+    pub membership: Arc<Membership>,
     /// Drain and stop signals.
     pub shutdown: Shutdown,
     /// Every task the node spawns, so shutdown can wait for them.
@@ -65,12 +69,24 @@ impl Node {
         hub: Arc<Hub>,
         bus: Arc<dyn Bus>,
         presence: Arc<dyn Presence>,
+        history: Arc<dyn History>,
         auth: Arc<Authenticator>,
         shutdown: Shutdown,
         tasks: TaskTracker,
     ) -> Self {
         let access = Access::new(cfg.channels.clone());
         let events = EventPolicy::new(&cfg);
+        let keeping = Keeping::new(&cfg.history);
+        let membership = Arc::new(Membership::new(
+            cfg.node_id.clone(),
+            hub.clone(),
+            bus.clone(),
+            presence.clone(),
+            cfg.channels.presence.clone(),
+            history.clone(),
+            keeping.clone(),
+            tasks.clone(),
+        ));
         Node {
             cfg,
             hub,
@@ -79,6 +95,9 @@ impl Node {
             auth,
             access,
             events,
+            history,
+            keeping,
+            membership,
             shutdown,
             tasks,
             next_conn: AtomicU64::new(1),
@@ -170,15 +189,6 @@ impl Node {
         }
     }
 
-    /// Publishes `presence.join` / `presence.leave` for a member on a channel.
-    pub async fn announce_presence(&self, ch: &Channel, event: SystemEvent, member: &Principal) {
-        let ev = self.new_event(ch.clone(), event.into(), json!({ "kind": member.kind, "id": member.id }));
-        metrics::counter!(telemetry::PUBLISHED, "source" => "presence").increment(1);
-        if let Err(e) = self.bus.publish(&ev).await {
-            tracing::warn!(error = %e, channel = %ch, "presence event not published");
-        }
-    }
-
     /// This node's registry entry.
     pub fn report(&self) -> NodeReport {
         let s = self.hub.stats();
@@ -206,18 +216,14 @@ impl Node {
                 _ = self.shutdown.stopped() => return,
                 _ = tick.tick() => {}
             }
-            match self.presence.maintain(&self.report()).await {
-                Ok(expired) => {
-                    for e in expired {
-                        metrics::counter!(telemetry::PRESENCE_EXPIRED).increment(1);
-                        self.announce_presence(&e.channel, SystemEvent::PresenceLeave, &e.member).await;
-                    }
+            let expired = match self.presence.maintain(&self.report()).await {
+                Ok(expired) => expired,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence maintenance failed");
+                    Vec::new()
                 }
-                Err(e) => tracing::warn!(error = %e, "presence maintenance failed"),
-            }
-            for e in self.presence.take_rejoined() {
-                self.announce_presence(&e.channel, SystemEvent::PresenceJoin, &e.member).await;
-            }
+            };
+            self.membership.reconcile(expired, self.presence.take_rejoined()).await;
             // Repair bus interest that a failed sync or an ended subscription left
             // wrong; with nothing to change this is a lookup per channel.
             if self.bus.health().is_up() {

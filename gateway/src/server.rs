@@ -15,6 +15,7 @@ use crate::{
     bus::{Bus, BusError, Inbound, memory::MemoryBus, nats::NatsBus},
     config::{Config, ms},
     conn::handle::Close,
+    history::{History, Keeping, memory::MemoryHistory},
     http,
     hub::Hub,
     keys::RedisKeyStore,
@@ -50,9 +51,11 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
     if !cfg.clustered() {
         let auth = Arc::new(Authenticator::new(&cfg, None).map_err(ServerError::Auth)?);
         let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound { hub: hub.clone(), auth: auth.clone() });
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(inbound));
+        let history = Arc::new(MemoryHistory::new(Keeping::new(&cfg.history)));
+        tasks.spawn(sweep_history(history.clone(), shutdown.stop_token()));
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(inbound, history.clone()));
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(ms(cfg.presence.lease_ms)));
-        return Ok(Arc::new(Node::new(cfg, hub, bus, presence, auth, shutdown.clone(), tasks.clone())));
+        return Ok(Arc::new(Node::new(cfg, hub, bus, presence, history, auth, shutdown.clone(), tasks.clone())));
     }
     if !crate::events::SystemSigner::new(&cfg).1 {
         tracing::warn!(
@@ -68,7 +71,17 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
     let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound { hub: hub.clone(), auth: auth.clone() });
     let presence: Arc<dyn Presence> = redis;
     let bus: Arc<dyn Bus> = Arc::new(NatsBus::connect(&cfg, inbound, tasks, shutdown.stop_token()).await?);
-    Ok(Arc::new(Node::new(cfg, hub, bus, presence, auth, shutdown.clone(), tasks.clone())))
+    let history: Arc<dyn History> = Arc::new(MemoryHistory::new(Keeping::new(&cfg.history)));
+    Ok(Arc::new(Node::new(cfg, hub, bus, presence, history, auth, shutdown.clone(), tasks.clone())))
+}
+
+/// Drops expired history every few seconds, until stopped.
+async fn sweep_history(history: Arc<MemoryHistory>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while stop.run_until_cancelled(tick.tick()).await.is_some() {
+        history.sweep();
+    }
 }
 
 /// Runs a node on `listener` until `signal` resolves, then drains and returns.

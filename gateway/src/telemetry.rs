@@ -72,6 +72,10 @@ pub const DRAINING: &str = "gateway_draining";
 pub const DRAIN_CLOSES: &str = "gateway_drain_closes_total";
 /// Presence leave events emitted for expired leases.
 pub const PRESENCE_EXPIRED: &str = "gateway_presence_expired_total";
+/// Counter: subscribe recoveries (label `outcome`: recovered|lost).
+pub const RECOVERIES: &str = "gateway_recoveries_total";
+/// Counter: events a node fetched from history to fill a hole in a channel's offsets.
+pub const GAP_FILLS: &str = "gateway_history_gap_fills_total";
 /// Counter: events refused at their source (labels `source`: client|http|nats; `reason`:
 /// reserved|too_deep|too_large).
 pub const EVENTS_REFUSED: &str = "gateway_events_refused_total";

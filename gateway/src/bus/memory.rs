@@ -1,5 +1,7 @@
 //! The in-process bus twin for an embedded single node: the same interest bookkeeping and
 //! delivery path as NATS, with no network. Requests find no backend (`unavailable`).
+//! Events of channels with history are stamped and kept by the in-process history twin,
+//! which delivers them under its per-channel lock (the role JetStream plays with NATS).
 
 use std::{collections::HashSet, sync::Arc, sync::Mutex, time::Duration};
 
@@ -8,7 +10,7 @@ use gateway_protocol::{Channel, EventFrame, Principal};
 use serde_json::Value;
 
 use super::{Bus, BusError, ComponentHealth, DisconnectCommand, Inbound, Origin};
-use crate::telemetry;
+use crate::{history::memory::MemoryHistory, telemetry};
 
 /// The embedded bus.
 pub struct MemoryBus {
@@ -16,12 +18,14 @@ pub struct MemoryBus {
     inbound: Arc<dyn Inbound>,
     /// Channels this node is "subscribed" to, as a NATS server would track them.
     subscribed: Mutex<HashSet<Channel>>,
+    /// Stamps and keeps events of channels with history.
+    history: Arc<MemoryHistory>,
 }
 
 impl MemoryBus {
-    /// A bus delivering into `inbound`.
-    pub fn new(inbound: Arc<dyn Inbound>) -> Self {
-        MemoryBus { inbound, subscribed: Mutex::default() }
+    /// A bus delivering into `inbound`, keeping history in `history`.
+    pub fn new(inbound: Arc<dyn Inbound>, history: Arc<MemoryHistory>) -> Self {
+        MemoryBus { inbound, subscribed: Mutex::default(), history }
     }
 
     /// Channels currently subscribed (for tests of interest bookkeeping).
@@ -43,12 +47,16 @@ impl Bus for MemoryBus {
     }
 
     async fn publish(&self, ev: &EventFrame) -> Result<(), BusError> {
-        let interested = self.subscribed.lock().map(|s| s.contains(&ev.channel)).unwrap_or(false);
-        if interested {
-            self.inbound.event(ev.clone());
-        } else {
-            metrics::counter!(telemetry::DROPS, "reason" => "no_subscribers").increment(1);
-        }
+        // Kept whether or not anyone listens now (a client may recover it later); the
+        // interest is read under the history's channel lock, so a join that reads the
+        // history either finds the event there or receives it live.
+        self.history.append_and(ev.clone(), |ev| {
+            if self.subscribed.lock().map(|s| s.contains(&ev.channel)).unwrap_or(false) {
+                self.inbound.event(ev);
+            } else {
+                metrics::counter!(telemetry::DROPS, "reason" => "no_subscribers").increment(1);
+            }
+        });
         Ok(())
     }
 

@@ -137,7 +137,7 @@ where
     };
     let mut names: Vec<String> = Channel::new(own, &identity.principal.id).map(|c| c.to_string()).into_iter().collect();
     names.extend(start.subscribe);
-    let (_, rejected) = session.subscribe(&names, None).await;
+    let (_, rejected, _) = session.subscribe(&names, None, &Default::default()).await;
     session.report_rejections(rejected);
     metrics::histogram!(telemetry::HANDSHAKE_SECONDS).record(began.elapsed().as_secs_f64());
     Some(Opened { sink, stream, node, session, outbox, socket: start.socket })

@@ -190,7 +190,7 @@ async fn a_session_dropped_without_finish_leaves_no_ghost() {
     );
     node.hub.register(handle.clone());
     let mut session = crate::conn::session::Session::new(node.clone(), handle, id, admission);
-    let (joined, _) = session.subscribe(&["user:u9".into(), "project:p1".into()], None).await;
+    let (joined, _, _) = session.subscribe(&["user:u9".into(), "project:p1".into()], None, &Default::default()).await;
     assert_eq!(joined.len(), 2);
     assert_eq!(node.hub.stats().subscriptions, 2);
     drop(session); // as a panic or a dropped task would

@@ -4,6 +4,7 @@
 //! the in-process fabric alone.
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, atomic::AtomicUsize},
     time::Duration,
 };
@@ -11,7 +12,7 @@ use std::{
 use axum::extract::ws::Message;
 use gateway_protocol::{
     Channel, ClientFrame, CloseCode, DisconnectReason, ErrorBody, ErrorCode, EventName, Namespace, PrincipalKind,
-    ServerFrame, SystemEvent, now_ms,
+    ServerFrame, StreamPosition, now_ms,
 };
 use serde_json::{Value, json};
 
@@ -175,13 +176,30 @@ impl Session {
                 let e = ErrorBody::new(ErrorCode::LimitExceeded, format!("a frame may name at most {max} channels"));
                 self.fail(id, e);
             }
-            ClientFrame::Subscribe { id, channels, token, .. } => {
-                let result = self.subscribe(&channels, token.as_deref()).await;
-                self.answer_membership(id, "subscribed", result);
+            ClientFrame::Subscribe { id, recover, .. } if recover.len() > self.node.cfg.limits.max_channels => {
+                let max = self.node.cfg.limits.max_channels;
+                let e = ErrorBody::new(ErrorCode::LimitExceeded, format!("recover may name at most {max} channels"));
+                self.fail(id, e);
+            }
+            ClientFrame::Subscribe { id, channels, token, recover } => {
+                let (done, rejected, recovered) = self.subscribe(&channels, token.as_deref(), &recover).await;
+                match id {
+                    Some(id) if recover.is_empty() => {
+                        self.reply(&ServerFrame::ok(id, json!({ "subscribed": done, "rejected": rejected })))
+                    }
+                    Some(id) => self.reply(&ServerFrame::ok(
+                        id,
+                        json!({ "subscribed": done, "rejected": rejected, "recovered": recovered }),
+                    )),
+                    None => self.report_rejections(rejected),
+                }
             }
             ClientFrame::Unsubscribe { id, channels } => {
-                let result = self.unsubscribe(&channels).await;
-                self.answer_membership(id, "unsubscribed", result);
+                let (done, rejected) = self.unsubscribe(&channels).await;
+                match id {
+                    Some(id) => self.reply(&ServerFrame::ok(id, json!({ "unsubscribed": done, "rejected": rejected }))),
+                    None => self.report_rejections(rejected),
+                }
             }
             ClientFrame::Request { id, method, params } => self.request(id, method, params).await,
             ClientFrame::Publish { id, channel, event, data } => self.publish(id, &channel, event, data).await,
@@ -192,14 +210,6 @@ impl Session {
         Flow::Continue
     }
 
-    /// Answers a subscribe (`key` = `subscribed`) or unsubscribe (`unsubscribed`).
-    fn answer_membership(&self, id: Option<String>, key: &str, (done, rejected): (Vec<Channel>, Vec<Rejected>)) {
-        match id {
-            Some(id) => self.reply(&ServerFrame::ok(id, json!({ key: done, "rejected": rejected }))),
-            None => self.report_rejections(rejected),
-        }
-    }
-
     /// Sends each rejection as an `error` frame (no id to answer on).
     pub fn report_rejections(&self, rejected: Vec<Rejected>) {
         for r in rejected {
@@ -208,10 +218,17 @@ impl Session {
         }
     }
 
-    /// Joins channels one by one; returns (joined, rejected entries).
-    pub async fn subscribe(&mut self, names: &[String], token: Option<&str>) -> (Vec<Channel>, Vec<Rejected>) {
+    /// Joins channels one by one, recovering those named in `recover` (contract §9);
+    /// returns what joined, what was rejected, and each recovery's outcome.
+    pub async fn subscribe(
+        &mut self,
+        names: &[String],
+        token: Option<&str>,
+        recover: &BTreeMap<String, StreamPosition>,
+    ) -> (Vec<Channel>, Vec<Rejected>, BTreeMap<String, bool>) {
         let mut done = Vec::new();
         let mut rejected = Vec::new();
+        let mut recovered = BTreeMap::new();
         let reject = Rejected::new;
         // Permission checks per frame are bounded by what a connection may hold: each can
         // cost a backend round trip (proxy policy), and refused names hold no slot.
@@ -225,7 +242,12 @@ impl Session {
                     continue;
                 }
             };
+            let pos = recover.get(name);
             if self.channels.contains(&ch) {
+                if let Some(pos) = pos {
+                    let ok = self.node.membership.recover(&self.handle, &ch, pos).await;
+                    recovered.insert(name.clone(), ok);
+                }
                 done.push(ch);
                 continue;
             }
@@ -239,37 +261,18 @@ impl Session {
                 rejected.push(reject(name, (&e).into()));
                 continue;
             }
-            if let Err(e) = self.join(&ch).await {
-                rejected.push(reject(name, e));
-                continue;
-            }
-            done.push(ch);
-        }
-        (done, rejected)
-    }
-
-    async fn join(&mut self, ch: &Channel) -> Result<(), ErrorBody> {
-        // Every joiner syncs, not only the first: a second joiner must not be told
-        // "subscribed" while the first one's subscription is still on its way to the
-        // server. With nothing to change the sync only waits for that in-flight one.
-        let first = self.node.hub.subscribe(ch, &self.handle);
-        if let Err(e) = self.node.bus.sync_interest(ch).await
-            && first
-        {
-            if self.node.hub.unsubscribe(ch, self.handle.id) {
-                let _ = self.node.bus.sync_interest(ch).await;
-            }
-            return Err((&e).into());
-        }
-        self.channels.push(ch.clone());
-        if self.node.access.tracks_presence(ch) {
-            match self.node.presence.join(ch, &self.conn_ref()).await {
-                Ok(true) => self.node.announce_presence(ch, SystemEvent::PresenceJoin, &self.identity.principal).await,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, channel = %ch, "presence join not recorded"),
+            match self.node.membership.join(&self.handle, &ch, pos).await {
+                Ok(outcome) => {
+                    if let Some(ok) = outcome {
+                        recovered.insert(name.clone(), ok);
+                    }
+                    self.channels.push(ch.clone());
+                    done.push(ch);
+                }
+                Err(e) => rejected.push(reject(name, e)),
             }
         }
-        Ok(())
+        (done, rejected, recovered)
     }
 
     /// Leaves channels; unknown or unjoined names are reported as rejected.
@@ -291,18 +294,7 @@ impl Session {
 
     async fn leave(&mut self, ch: &Channel) {
         self.channels.retain(|c| c != ch);
-        if self.node.hub.unsubscribe(ch, self.handle.id)
-            && let Err(e) = self.node.bus.sync_interest(ch).await
-        {
-            tracing::warn!(error = %e, channel = %ch, "bus interest not released");
-        }
-        if self.node.access.tracks_presence(ch) {
-            match self.node.presence.leave(ch, &self.conn_ref()).await {
-                Ok(true) => self.node.announce_presence(ch, SystemEvent::PresenceLeave, &self.identity.principal).await,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, channel = %ch, "presence leave not recorded"),
-            }
-        }
+        self.node.membership.leave(&self.handle, ch).await;
     }
 
     async fn publish(&mut self, id: Option<String>, channel: &str, event: EventName, data: Value) {
@@ -387,9 +379,8 @@ impl Session {
 
     /// Leaves every channel and releases the connection's counts. Called once, at the end.
     pub async fn finish(mut self) {
-        for ch in self.channels.clone() {
-            self.leave(&ch).await;
-        }
+        let channels = std::mem::take(&mut self.channels);
+        self.node.membership.leave_all(&self.handle, &channels).await;
         self.node.hub.unregister(self.handle.id);
         self.admission.release().await;
         let kind = self.identity.principal.kind;
@@ -442,34 +433,15 @@ fn frame_id(f: &ClientFrame) -> Option<String> {
 
 impl Drop for Session {
     /// A connection task that ended without [`Session::finish`] (a panic, or its future
-    /// dropped) still leaves no ghost: the hub is cleaned now, the fabric on a tracked
-    /// task. The admission releases itself on drop.
+    /// dropped) still leaves no ghost: membership cleans the hub now and the fabric on a
+    /// tracked task. The admission releases itself on drop.
     fn drop(&mut self) {
         if self.finished {
             return;
         }
         let channels = std::mem::take(&mut self.channels);
-        let emptied: Vec<Channel> =
-            channels.iter().filter(|ch| self.node.hub.unsubscribe(ch, self.handle.id)).cloned().collect();
-        self.node.hub.unregister(self.handle.id);
+        self.node.membership.leave_all_detached(&self.handle, channels);
         let kind = self.identity.principal.kind;
         metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        let (node, conn, principal) =
-            (self.node.clone(), self.handle.connection_id.clone(), self.identity.principal.clone());
-        let tasks = node.tasks.clone();
-        tasks.spawn(async move {
-            for ch in &emptied {
-                let _ = node.bus.sync_interest(ch).await;
-            }
-            for ch in channels.iter().filter(|ch| node.access.tracks_presence(ch)) {
-                let r = ConnRef { node: node.id(), conn: &conn, principal: &principal };
-                if let Ok(true) = node.presence.leave(ch, &r).await {
-                    node.announce_presence(ch, SystemEvent::PresenceLeave, &principal).await;
-                }
-            }
-        });
     }
 }

@@ -1,13 +1,13 @@
-//! Built-in request methods (`channels.list`, `presence.get`, `presence.stats`) and the
-//! forwarding of every other method to backends on a tracked task.
+//! Built-in request methods (`channels.list`, `presence.get`, `presence.stats`,
+//! `history.get`) and the forwarding of every other method to backends on a tracked task.
 
 use std::sync::atomic::Ordering;
 
-use gateway_protocol::{Channel, ErrorBody, ErrorCode, ServerFrame};
+use gateway_protocol::{Channel, ErrorBody, ErrorCode, HISTORY_GET, HistoryPage, HistoryQuery, ServerFrame};
 use serde_json::{Value, json};
 
 use super::{MAX_NAME_LEN, Session};
-use crate::{bus::Origin, config::ms, hub::to_message, telemetry};
+use crate::{bus::Origin, config::ms, history::ReadFrom, hub::to_message, membership::Membership, telemetry};
 
 impl Session {
     pub(super) async fn request(&mut self, id: String, method: String, params: Value) {
@@ -31,8 +31,43 @@ impl Session {
                     Err(e) => self.fail(Some(id), (&e).into()),
                 }
             }
+            HISTORY_GET => match self.history(params).await {
+                Ok(page) => self.reply(&ServerFrame::ok(id, json!(page))),
+                Err(e) => self.fail(Some(id), e),
+            },
             _ => self.forward(id, method, params),
         }
+    }
+
+    /// `history.get`: permitted to whoever may subscribe to the channel.
+    async fn history(&self, params: Value) -> Result<HistoryPage, ErrorBody> {
+        let q: HistoryQuery = serde_json::from_value(params).map_err(|e| {
+            ErrorBody::new(ErrorCode::BadRequest, format!("params must be {{channel, since?, limit?}}: {e}"))
+        })?;
+        let ch = Channel::parse(&q.channel).map_err(|e| ErrorBody::from(&e))?;
+        if !self.node.keeping.keeps(&ch) {
+            return Err(Membership::no_history(&ch));
+        }
+        if !self.channels.contains(&ch) {
+            let n = &self.node;
+            let timeout = ms(n.cfg.fabric.request_timeout_ms);
+            n.access
+                .may_subscribe(&self.identity, &ch, None, &n.auth, &*n.bus, timeout)
+                .await
+                .map_err(|e| ErrorBody::from(&e))?;
+        }
+        let size = self.node.keeping.size(&ch);
+        let limit = q.limit.unwrap_or(size).min(size);
+        let from = q.since.map_or(ReadFrom::Latest, ReadFrom::After);
+        let since = matches!(from, ReadFrom::After(_));
+        let page = self.node.history.read(&ch, from, limit).await.map_err(|e| ErrorBody::from(&e))?;
+        Ok(HistoryPage {
+            channel: q.channel,
+            complete: page.complete && (!since || page.reaches),
+            events: page.events,
+            offset: page.last,
+            epoch: page.epoch,
+        })
     }
 
     fn presence_channel(&self, params: &Value) -> Result<Channel, ErrorBody> {
