@@ -52,7 +52,7 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
         let auth = Arc::new(Authenticator::new(&cfg, None).map_err(ServerError::Auth)?);
         let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound { hub: hub.clone(), auth: auth.clone() });
         let history = Arc::new(MemoryHistory::new(Keeping::new(&cfg.history)));
-        tasks.spawn(sweep_history(history.clone(), shutdown.stop_token()));
+        tasks.spawn(maintain_history(history.clone(), shutdown.stop_token()));
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(inbound, history.clone()));
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(ms(cfg.presence.lease_ms)));
         return Ok(Arc::new(Node::new(cfg, hub, bus, presence, history, auth, shutdown.clone(), tasks.clone())));
@@ -70,17 +70,23 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
     let auth = Arc::new(Authenticator::new(&cfg, Some(keys)).map_err(ServerError::Auth)?);
     let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound { hub: hub.clone(), auth: auth.clone() });
     let presence: Arc<dyn Presence> = redis;
-    let bus: Arc<dyn Bus> = Arc::new(NatsBus::connect(&cfg, inbound, tasks, shutdown.stop_token()).await?);
-    let history: Arc<dyn History> = Arc::new(MemoryHistory::new(Keeping::new(&cfg.history)));
+    let nats = NatsBus::connect(&cfg, inbound, tasks, shutdown.stop_token()).await?;
+    // With no namespace keeping history an empty twin answers "not kept".
+    let history: Arc<dyn History> = match nats.history() {
+        Some(h) => h,
+        None => Arc::new(MemoryHistory::new(Keeping::new(&cfg.history))),
+    };
+    tasks.spawn(maintain_history(history.clone(), shutdown.stop_token()));
+    let bus: Arc<dyn Bus> = Arc::new(nats);
     Ok(Arc::new(Node::new(cfg, hub, bus, presence, history, auth, shutdown.clone(), tasks.clone())))
 }
 
-/// Drops expired history every few seconds, until stopped.
-async fn sweep_history(history: Arc<MemoryHistory>, stop: tokio_util::sync::CancellationToken) {
+/// History upkeep every few seconds (expiry, epoch checks), until stopped.
+async fn maintain_history(history: Arc<dyn History>, stop: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while stop.run_until_cancelled(tick.tick()).await.is_some() {
-        history.sweep();
+        history.maintain().await;
     }
 }
 

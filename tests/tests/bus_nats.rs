@@ -81,7 +81,16 @@ struct Node {
 
 impl Node {
     async fn start(server: &NatsServer, node: &str) -> Result<Node> {
-        let cfg = Config { nats_url: server.url.clone(), node_id: node.into(), ..Config::default() };
+        // The core-NATS path: no namespace keeps history here (the JetStream path has
+        // its own tests in history_cluster.rs).
+        let history = gateway::config::HistoryConfig {
+            session: Default::default(),
+            project: Default::default(),
+            user: Default::default(),
+            agent: Default::default(),
+            ..Default::default()
+        };
+        let cfg = Config { nats_url: server.url.clone(), node_id: node.into(), history, ..Config::default() };
         let rec = Arc::new(Recorder::default());
         let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
         let bus = NatsBus::connect(&cfg, rec.clone(), &tasks, shutdown.clone()).await?;

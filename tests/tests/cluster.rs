@@ -96,12 +96,13 @@ async fn a_node_holds_nats_subscriptions_only_for_channels_with_local_subscriber
     let mut a = user_on(&cl.nodes[0], "ua").await?;
     subscribe(&mut a, "s", &["session:only-a"], None).await?;
     let subs = cl.nats.subscriptions().await?;
-    assert_eq!(subs.iter().filter(|s| *s == "gw.ev.session.only-a").count(), 1, "{subs:?}");
+    // Session channels keep history: nodes listen on the stream's re-published subject.
+    assert_eq!(subs.iter().filter(|s| *s == "gw.live.session.only-a").count(), 1, "{subs:?}");
     a.send(&ClientFrame::Unsubscribe { id: Some("u".into()), channels: vec!["session:only-a".into()] }).await?;
     response(&mut a, "u").await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
     eventually(T, || async {
         let subs = cl.nats.subscriptions().await.ok()?;
-        (!subs.iter().any(|s| s == "gw.ev.session.only-a")).then_some(())
+        (!subs.iter().any(|s| s == "gw.live.session.only-a")).then_some(())
     })
     .await?;
     Ok(())

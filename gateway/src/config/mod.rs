@@ -152,6 +152,8 @@ pub struct HistoryConfig {
     pub agent: NsHistory,
     /// `broadcast:` channels.
     pub broadcast: NsHistory,
+    /// JetStream replicas of each history stream (1; 3 on a NATS cluster for HA).
+    pub replicas: usize,
 }
 
 impl Default for HistoryConfig {
@@ -163,6 +165,7 @@ impl Default for HistoryConfig {
             user: NsHistory { size: 200, ttl_ms: minutes(15) },
             agent: NsHistory { size: 200, ttl_ms: minutes(60) },
             broadcast: NsHistory::default(),
+            replicas: 1,
         }
     }
 }

@@ -130,6 +130,10 @@ impl History for MemoryHistory {
         };
         Ok(Page { events, last, epoch: self.epoch.clone(), reaches, complete })
     }
+
+    async fn maintain(&self) {
+        self.sweep();
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! history subject (a backend's plain publish included) and the bus reads the offsets
 //! from the re-published copies.
 
+pub mod jetstream;
 pub mod memory;
 
 use async_trait::async_trait;
@@ -57,6 +58,8 @@ pub struct Page {
 pub trait History: Send + Sync + 'static {
     /// Reads up to `limit` events of `ch`.
     async fn read(&self, ch: &Channel, from: ReadFrom, limit: usize) -> Result<Page, HistoryError>;
+    /// Periodic upkeep (expiry, epoch checks); called every few seconds.
+    async fn maintain(&self) {}
 }
 
 /// The history policy of a node: which channels keep history and how much.

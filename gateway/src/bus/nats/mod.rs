@@ -31,22 +31,31 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap, Request, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gateway_protocol::{Channel, EventFrame, Principal, channel::valid_id};
+use gateway_protocol::{Channel, EventFrame, Namespace, Principal, channel::valid_id};
 use serde_json::{Value, json};
-use tokio::{sync::Mutex as AsyncMutex, task::JoinHandle};
+use tokio::{
+    sync::{Mutex as AsyncMutex, watch},
+    task::JoinHandle,
+};
 use tokio_util::{
     sync::{CancellationToken, DropGuard},
     task::TaskTracker,
 };
 
 use super::{Bus, BusError, ComponentHealth, DisconnectCommand, Inbound, Origin, rpc_subject, upstream_subject};
-use crate::{config::Config, events::BusScreen, telemetry};
+use crate::{
+    config::Config,
+    events::BusScreen,
+    history::{HistoryError, Keeping, jetstream::JetStreamHistory},
+    telemetry,
+};
 
+mod pump;
 mod wire;
 
 use wire::{
-    WireEventRef, bad_request, decode_event, origin_headers, parse_reply, publish_error, reconnect_delay, redact,
-    request_error, signature,
+    WireEventRef, bad_request, decode_body, origin_headers, parse_reply, publish_error, reconnect_delay, redact,
+    request_error,
 };
 
 /// Header naming the kind (`user`|`agent`) of the principal behind an upstream message.
@@ -81,6 +90,8 @@ struct Link {
     state: AtomicU8,
     /// When the current outage began, to record its length when the link comes back.
     down_since: Mutex<Option<Instant>>,
+    /// Bumped on every reconnect, so history pumps catch up what the outage missed.
+    reconnects: watch::Sender<u64>,
 }
 
 impl Link {
@@ -102,6 +113,7 @@ impl Link {
             Event::Connected => {
                 metrics::gauge!(telemetry::FABRIC_UP, "component" => COMPONENT).set(1.0);
                 if self.state.swap(UP, Ordering::AcqRel) == DOWN {
+                    self.reconnects.send_modify(|n| *n += 1);
                     let since = self.down_since.lock().ok().and_then(|mut d| d.take());
                     let gap = since.map(|s| s.elapsed()).unwrap_or_default();
                     metrics::histogram!(telemetry::FABRIC_GAP_SECONDS, "component" => COMPONENT)
@@ -174,43 +186,10 @@ pub struct NatsBus {
     barrier_subject: String,
     /// What events read from NATS must pass, and the signer of this node's own.
     screen: Arc<BusScreen>,
-}
-
-/// Drains one channel subscription into `inbound` until stopped. Events that fail the
-/// screen (reserved names without the cluster's signature, too deep, too large) are
-/// dropped here, counted, and never reach a subscriber.
-async fn pump(
-    mut sub: Subscriber,
-    ch: Channel,
-    inbound: Arc<dyn Inbound>,
-    screen: Arc<BusScreen>,
-    stop: CancellationToken,
-    bus: CancellationToken,
-) {
-    while let Some(Some(msg)) = stop.run_until_cancelled(sub.next()).await {
-        match decode_event(&ch, &msg) {
-            Ok(ev) => match screen.admit(&ev, signature(&msg)) {
-                Ok(()) => inbound.event(ev),
-                Err(e) => {
-                    metrics::counter!(telemetry::EVENTS_REFUSED, "source" => "nats", "reason" => e.label())
-                        .increment(1);
-                    tracing::debug!(channel = %ch, error = %e, "event from nats refused");
-                }
-            },
-            Err(e) => {
-                metrics::counter!(telemetry::DROPS, "reason" => "bad_event").increment(1);
-                tracing::debug!(channel = %ch, error = %e, "undecodable event dropped");
-            }
-        }
-    }
-    if !stop.is_cancelled() {
-        tracing::warn!(channel = %ch, "nats subscription ended");
-        return;
-    }
-    // Unsubscribed by `sync_interest`: send UNSUB now, so the server stops routing before
-    // the caller's barrier. Bounded by the bus's stop (the command queue may be full while
-    // disconnected); on shutdown, dropping `sub` is enough.
-    let _ = bus.run_until_cancelled(sub.unsubscribe()).await;
+    /// The history streams, when a namespace keeps history.
+    history: Option<Arc<JetStreamHistory>>,
+    /// Which channels keep how much history (their fill bound).
+    keeping: Keeping,
 }
 
 /// Answers barrier requests (empty reply) until the bus stops.
@@ -264,6 +243,15 @@ impl NatsBus {
             .map_err(|e| BusError::Unavailable(format!("cannot connect to NATS at {detail}: {e}")))?;
         link.connected_at_start();
 
+        let screen = Arc::new(BusScreen::new(cfg));
+        let history = if Namespace::ALL.into_iter().any(|ns| cfg.history.keeps(ns)) {
+            let h = JetStreamHistory::connect(client.clone(), cfg, decode_body, screen.clone())
+                .await
+                .map_err(|e: HistoryError| BusError::Unavailable(e.to_string()))?;
+            Some(Arc::new(h))
+        } else {
+            None
+        };
         let stop = shutdown.child_token();
         let barrier_subject = client.new_inbox();
         let bus = NatsBus {
@@ -279,7 +267,9 @@ impl NatsBus {
             stop,
             op_timeout,
             barrier_subject,
-            screen: Arc::new(BusScreen::new(cfg)),
+            screen,
+            history,
+            keeping: Keeping::new(&cfg.history),
         };
         let barriers = bus.bounded("subscribe", bus.client.subscribe(bus.barrier_subject.clone())).await?;
         tasks.spawn(answer_barriers(bus.client.clone(), barriers, bus.stop.clone()));
@@ -294,6 +284,11 @@ impl NatsBus {
         });
         tracing::info!(server = %bus.detail, node = %cfg.node_id, "connected to nats");
         Ok(bus)
+    }
+
+    /// The history store, when some namespace keeps history.
+    pub fn history(&self) -> Option<Arc<JetStreamHistory>> {
+        self.history.clone()
     }
 
     /// Channels this node currently holds a NATS subscription for.
@@ -363,17 +358,22 @@ impl NatsBus {
                 if self.stop.is_cancelled() {
                     return Err(BusError::Unavailable("nats bus is shutting down".into()));
                 }
-                let sub = self.bounded("subscribe", self.client.subscribe(ch.subject(&self.prefix))).await?;
+                let history = self.history.clone().filter(|h| h.keeps(ch));
+                let subject = match history {
+                    Some(_) => ch.subject(&self.prefix).replacen(".ev.", ".live.", 1),
+                    None => ch.subject(&self.prefix),
+                };
+                let sub = self.bounded("subscribe", self.client.subscribe(subject)).await?;
                 let stop = self.stop.child_token();
-                let screen = self.screen.clone();
-                let task = self.tasks.spawn(pump(
-                    sub,
-                    ch.clone(),
-                    self.inbound.clone(),
-                    screen,
-                    stop.clone(),
-                    self.stop.clone(),
-                ));
+                let ctx = pump::PumpCtx {
+                    ch: ch.clone(),
+                    inbound: self.inbound.clone(),
+                    screen: self.screen.clone(),
+                    history,
+                    reconnects: self.link.reconnects.subscribe(),
+                    max_fill: self.keeping.size(ch),
+                };
+                let task = self.tasks.spawn(pump::pump(sub, ctx, stop.clone(), self.stop.clone()));
                 *live = Some(Live { stop, task });
                 self.live.fetch_add(1, Ordering::AcqRel);
                 Ok(true)
@@ -424,14 +424,21 @@ impl Bus for NatsBus {
         .map_err(|e| bad_request(format!("event body: {e}")))?;
         // Only the gateway's own events get past the checks with a reserved name: sign
         // them so other nodes can tell them from a backend's.
-        let headers = if ev.event.is_reserved() {
-            let mut h = HeaderMap::new();
-            h.insert(HDR_SIG, self.screen.signer.sign(ev).as_str());
-            Some(h)
-        } else {
-            None
-        };
-        self.send(ev.channel.subject(&self.prefix), headers, body).await
+        let mut headers = HeaderMap::new();
+        if ev.event.is_reserved() {
+            headers.insert(HDR_SIG, self.screen.signer.sign(ev).as_str());
+        }
+        let subject = ev.channel.subject(&self.prefix);
+        match self.history.as_ref().filter(|h| h.keeps(&ev.channel)) {
+            // Stored before it is acknowledged: a publish that returns Ok is in history.
+            Some(h) => {
+                self.ensure_up()?;
+                let js = h.context();
+                let acked = async { js.publish_with_headers(subject, headers, body.into()).await?.await };
+                self.bounded("history publish", acked).await.map(drop)
+            }
+            None => self.send(subject, (!headers.is_empty()).then_some(headers), body).await,
+        }
     }
 
     async fn send_upstream(&self, origin: &Origin<'_>, event: &str, data: &Value) -> Result<(), BusError> {

@@ -79,9 +79,9 @@ pub(super) fn origin_headers(origin: &Origin<'_>) -> Result<HeaderMap, BusError>
     Ok(h)
 }
 
-/// Whether a message's `Content-Type` (any case, parameters ignored) is MessagePack.
-pub(super) fn is_msgpack(msg: &Message) -> bool {
-    msg.headers.as_ref().is_some_and(|h| {
+/// Whether headers' `Content-Type` (any case, parameters ignored) is MessagePack.
+pub(super) fn is_msgpack(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|h| {
         h.iter().any(|(name, values)| {
             AsRef::<str>::as_ref(name).eq_ignore_ascii_case("content-type")
                 && values.iter().any(|v| {
@@ -92,24 +92,34 @@ pub(super) fn is_msgpack(msg: &Message) -> bool {
     })
 }
 
-/// Decodes an event body (JSON, or MessagePack per header) into a frame for `channel`,
-/// filling a missing id (uuid v7) and timestamp (now).
-pub(super) fn decode_event(channel: &Channel, msg: &Message) -> Result<EventFrame, String> {
-    let wire: WireEvent = if is_msgpack(msg) {
-        rmp_serde::from_slice(&msg.payload).map_err(|e| format!("msgpack: {e}"))?
+/// Decodes an event body (JSON, or MessagePack per header) into a frame for `channel`.
+/// A missing id stays empty (the caller names it: from its history position, or a fresh
+/// uuid); a missing timestamp is now.
+pub(crate) fn decode_body(
+    channel: &Channel,
+    payload: &[u8],
+    headers: Option<&HeaderMap>,
+) -> Result<EventFrame, String> {
+    let wire: WireEvent = if is_msgpack(headers) {
+        rmp_serde::from_slice(payload).map_err(|e| format!("msgpack: {e}"))?
     } else {
-        serde_json::from_slice(&msg.payload).map_err(|e| format!("json: {e}"))?
+        serde_json::from_slice(payload).map_err(|e| format!("json: {e}"))?
     };
     Ok(EventFrame {
         channel: channel.clone(),
         event: wire.event,
         data: wire.data,
-        id: wire.id.filter(|id| !id.is_empty()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        id: wire.id.unwrap_or_default(),
         ts: wire.ts.unwrap_or_else(now_ms),
         from: wire.from,
         offset: None,
         epoch: None,
     })
+}
+
+/// A numeric header (`Nats-Sequence`, `Nats-Last-Sequence`).
+pub(super) fn number(msg: &Message, name: &str) -> Option<u64> {
+    msg.headers.as_ref()?.get(name)?.as_str().trim().parse().ok()
 }
 
 /// A reply body: the result, or `{"error":{"code","message"}}` as [`BusError::Backend`].

@@ -1,0 +1,287 @@
+//! History in JetStream, for a clustered node. One stream per namespace that keeps
+//! history, over that namespace's event subjects (`gw.ev.session.>`), so a backend's
+//! plain core-NATS publish is stored like a gateway's. Each stream re-publishes what it
+//! stored to `gw.live.<namespace>.…` with `Nats-Sequence` (the event's offset) and
+//! `Nats-Last-Sequence` (the previous offset on the same channel): nodes subscribe
+//! there, so every delivered event carries its offset and a node can see a hole in a
+//! channel's chain. The epoch is the stream's creation time: a stream deleted and made
+//! again (its store lost) is a new epoch.
+//!
+//! Per channel the stream keeps `size + 1` events, so the position of the oldest event a
+//! client may hold is still there to prove nothing after it was dropped.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use async_nats::{
+    Client, HeaderMap,
+    jetstream::{
+        self, Context,
+        stream::{Config as StreamConfig, DirectGetErrorKind, DiscardPolicy, Republish, StorageType, Stream},
+    },
+};
+use async_trait::async_trait;
+use gateway_protocol::{Channel, EventFrame, Namespace};
+
+use super::{History, HistoryError, Keeping, Page, ReadFrom};
+use crate::{config::Config, events::BusScreen, telemetry};
+
+/// The stream of one namespace.
+struct NsStream {
+    /// Its handle (name and direct-get API).
+    stream: Stream,
+    /// Its current epoch, re-read by [`JetStreamHistory::refresh`].
+    epoch: RwLock<String>,
+}
+
+/// Turns a stored message into an event (the bus's decoder: JSON or MessagePack body).
+pub type Decode = fn(&Channel, &[u8], Option<&HeaderMap>) -> Result<EventFrame, String>;
+
+/// The JetStream store.
+pub struct JetStreamHistory {
+    /// The JetStream API on the node's connection.
+    js: Context,
+    /// First token of every subject.
+    prefix: String,
+    /// Which channels keep history.
+    keeping: Keeping,
+    /// Namespace → its stream.
+    streams: HashMap<Namespace, NsStream>,
+    /// Body decoder shared with the live path.
+    decode: Decode,
+    /// What stored events must pass before they are replayed (a backend's forged or
+    /// oversized event is stored like any other).
+    screen: Arc<BusScreen>,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> HistoryError {
+    HistoryError::Unavailable(format!("{what}: {e}"))
+}
+
+/// The epoch string of a stream creation time.
+fn epoch_of(info: &jetstream::stream::Info) -> String {
+    format!("{:x}", info.created.unix_timestamp_nanos())
+}
+
+impl JetStreamHistory {
+    /// Creates (or updates to the configured limits) the stream of every namespace that
+    /// keeps history. Fails clearly when the server has no JetStream.
+    pub async fn connect(
+        client: Client,
+        cfg: &Config,
+        decode: Decode,
+        screen: Arc<BusScreen>,
+    ) -> Result<Self, HistoryError> {
+        let js = jetstream::new(client);
+        let keeping = Keeping::new(&cfg.history);
+        let mut streams = HashMap::new();
+        for ns in Namespace::ALL {
+            let h = cfg.history.of(ns);
+            if h.size == 0 {
+                continue;
+            }
+            let name =
+                format!("{}_HISTORY_{}", cfg.subject_prefix.to_ascii_uppercase(), ns.as_str().to_ascii_uppercase());
+            let config = StreamConfig {
+                name: name.clone(),
+                subjects: vec![format!("{}.ev.{}.>", cfg.subject_prefix, ns.as_str())],
+                max_messages_per_subject: i64::try_from(h.size + 1).unwrap_or(i64::MAX),
+                max_age: Duration::from_millis(h.ttl_ms),
+                storage: StorageType::File,
+                discard: DiscardPolicy::Old,
+                num_replicas: cfg.history.replicas.max(1),
+                allow_direct: true,
+                republish: Some(Republish {
+                    source: format!("{}.ev.{}.>", cfg.subject_prefix, ns.as_str()),
+                    destination: format!("{}.live.{}.>", cfg.subject_prefix, ns.as_str()),
+                    headers_only: false,
+                }),
+                ..StreamConfig::default()
+            };
+            let stream = match js.get_stream(&name).await {
+                Ok(mut s) => {
+                    let current = s.info().await.map_err(|e| unavailable("stream info", e))?.config.clone();
+                    if current.max_messages_per_subject != config.max_messages_per_subject
+                        || current.max_age != config.max_age
+                        || current.republish != config.republish
+                    {
+                        js.update_stream(&config).await.map_err(|e| unavailable("update stream", e))?;
+                    }
+                    s
+                }
+                Err(_) => js.get_or_create_stream(config).await.map_err(|e| {
+                    unavailable("history needs JetStream (nats-server -js), or history.<namespace>.size = 0", e)
+                })?,
+            };
+            let epoch = epoch_of(stream.cached_info());
+            streams.insert(ns, NsStream { stream, epoch: RwLock::new(epoch) });
+        }
+        Ok(JetStreamHistory { js, prefix: cfg.subject_prefix.clone(), keeping, streams, decode, screen })
+    }
+
+    fn ns(&self, ch: &Channel) -> Result<&NsStream, HistoryError> {
+        self.streams.get(&ch.namespace()).ok_or_else(|| HistoryError::NotKept(ch.clone()))
+    }
+
+    /// The epoch a channel's offsets belong to now.
+    pub fn epoch(&self, ch: &Channel) -> Option<String> {
+        let s = self.streams.get(&ch.namespace())?;
+        Some(s.epoch.read().map(|e| e.clone()).unwrap_or_default())
+    }
+
+    /// Re-reads every stream's epoch (after a reconnect, or when offsets went back):
+    /// a stream that was lost and made again has a new one.
+    pub async fn refresh(&self) {
+        for s in self.streams.values() {
+            match s.stream.get_info().await {
+                Ok(info) => {
+                    let epoch = epoch_of(&info);
+                    if let Ok(mut e) = s.epoch.write()
+                        && *e != epoch
+                    {
+                        tracing::warn!(stream = %info.config.name, old = %*e, new = %epoch, "history stream epoch changed");
+                        *e = epoch;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "history stream info unavailable"),
+            }
+        }
+    }
+
+    /// The JetStream API (for acknowledged publishes).
+    pub fn context(&self) -> &Context {
+        &self.js
+    }
+
+    /// Whether `ch` is delivered from the re-published subject.
+    pub fn keeps(&self, ch: &Channel) -> bool {
+        self.keeping.keeps(ch) && self.streams.contains_key(&ch.namespace())
+    }
+
+    /// The stored (event) subject of a channel.
+    fn subject(&self, ch: &Channel) -> String {
+        ch.subject(&self.prefix)
+    }
+
+    /// Whether a message with sequence `seq` of `ch` is stored.
+    async fn holds(&self, s: &NsStream, ch: &Channel, seq: u64) -> Result<bool, HistoryError> {
+        match s.stream.direct_get(seq).await {
+            Ok(m) => Ok(m.subject.as_str() == self.subject(ch)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
+            Err(e) => Err(unavailable("direct get", e)),
+        }
+    }
+
+    /// The first stored message of `ch` with a sequence of at least `from`: its sequence
+    /// and, if it passes the screen, its event.
+    async fn next(
+        &self,
+        s: &NsStream,
+        ch: &Channel,
+        from: u64,
+    ) -> Result<Option<(u64, Option<EventFrame>)>, HistoryError> {
+        match s.stream.direct_get_next_for_subject(self.subject(ch), Some(from.max(1))).await {
+            Ok(m) => Ok(Some((m.sequence, self.event(ch, s, m)))),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(unavailable("direct get", e)),
+        }
+    }
+
+    /// A stored message as an event, if it decodes and passes the screen.
+    fn event(&self, ch: &Channel, s: &NsStream, m: jetstream::message::StreamMessage) -> Option<EventFrame> {
+        let mut ev = match (self.decode)(ch, &m.payload, Some(&m.headers)) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::debug!(channel = %ch, error = %e, "undecodable stored event skipped");
+                return None;
+            }
+        };
+        let epoch = s.epoch.read().map(|e| e.clone()).unwrap_or_default();
+        stamp(&mut ev, m.sequence, &epoch);
+        let sig = m.headers.get(crate::bus::nats::HDR_SIG).map(|v| v.as_str().to_owned());
+        match self.screen.admit(&ev, sig.as_deref()) {
+            Ok(()) => Some(ev),
+            Err(e) => {
+                metrics::counter!(telemetry::EVENTS_REFUSED, "source" => "history", "reason" => e.label()).increment(1);
+                None
+            }
+        }
+    }
+
+    /// The stored events of `ch` after `after` (exclusive) and before `before`
+    /// (exclusive; 0 = no bound), at most `limit`. For filling a hole in the live chain.
+    pub async fn between(
+        &self,
+        ch: &Channel,
+        after: u64,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<EventFrame>, HistoryError> {
+        let s = self.ns(ch)?;
+        let mut out = Vec::new();
+        let mut cursor = after + 1;
+        while out.len() < limit {
+            let Some((seq, ev)) = self.next(s, ch, cursor).await? else { break };
+            if before != 0 && seq >= before {
+                break;
+            }
+            cursor = seq + 1;
+            out.extend(ev);
+        }
+        Ok(out)
+    }
+}
+
+/// Sets an event's history position. A stored event without its own id gets one from
+/// its position, so every node (and every replay) names it the same.
+pub fn stamp(ev: &mut EventFrame, seq: u64, epoch: &str) {
+    ev.offset = Some(seq);
+    ev.epoch = Some(epoch.to_owned());
+    if ev.id.is_empty() {
+        ev.id = format!("{epoch}-{seq}");
+    }
+}
+
+#[async_trait]
+impl History for JetStreamHistory {
+    async fn read(&self, ch: &Channel, from: ReadFrom, limit: usize) -> Result<Page, HistoryError> {
+        let s = self.ns(ch)?;
+        let epoch = s.epoch.read().map(|e| e.clone()).unwrap_or_default();
+        let last = match s.stream.direct_get_last_for_subject(self.subject(ch)).await {
+            Ok(m) => m.sequence,
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => 0,
+            Err(e) => return Err(unavailable("direct get", e)),
+        };
+        match from {
+            ReadFrom::After(pos) => {
+                // Everything after `pos` is still stored when `pos` itself is: the stream
+                // drops a channel's events oldest first.
+                let reaches = pos.epoch == epoch
+                    && pos.offset <= last
+                    && (pos.offset == last || self.holds(s, ch, pos.offset).await?);
+                if !reaches {
+                    return Ok(Page { events: Vec::new(), last, epoch, reaches: false, complete: false });
+                }
+                let mut events = self.between(ch, pos.offset, 0, limit.saturating_add(1)).await?;
+                let complete = events.len() <= limit;
+                events.truncate(limit);
+                Ok(Page { events, last, epoch, reaches: true, complete })
+            }
+            ReadFrom::Latest => {
+                // Walk the channel's stored events (at most size + 1) and keep the last.
+                let mut all = self.between(ch, 0, 0, self.keeping.size(ch).saturating_add(1)).await?;
+                let keep = all.len().saturating_sub(limit);
+                let complete = keep == 0;
+                all.drain(..keep);
+                Ok(Page { events: all, last, epoch, reaches: true, complete })
+            }
+        }
+    }
+
+    async fn maintain(&self) {
+        self.refresh().await;
+    }
+}
