@@ -29,10 +29,8 @@ async fn reconnects(gw: &Gateway, limit: usize) -> (Vec<(u32, Duration, Instant)
     loop {
         let s = rx.borrow_and_update().clone();
         match s {
-            State::Reconnecting { attempt, delay, .. } => {
-                if seen.last().is_none_or(|(a, _, _)| *a != attempt) {
-                    seen.push((attempt, delay, Instant::now()));
-                }
+            State::Reconnecting { attempt, delay, .. } if seen.last().is_none_or(|(a, _, _)| *a != attempt) => {
+                seen.push((attempt, delay, Instant::now()));
             }
             State::Stopped(stop) => return (seen, Some(stop)),
             _ => {}
