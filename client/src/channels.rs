@@ -26,6 +26,9 @@ pub(crate) struct SubscribeResult {
     /// For each channel named in `recover`: whether the missed events are replayed.
     #[serde(default)]
     pub recovered: BTreeMap<String, bool>,
+    /// Where each joined channel with history stood when this connection joined it.
+    #[serde(default)]
+    pub positions: BTreeMap<String, StreamPosition>,
 }
 
 /// One refused channel.
@@ -103,6 +106,13 @@ impl Channels {
     /// channels).
     pub fn clear_positions(&mut self) {
         self.positions.clear();
+    }
+
+    /// Starts tracking `channel` at the position the server reported for the join, when
+    /// no event was seen on it yet: a reconnect then recovers from there, so an event
+    /// published while the client was away is not lost even if none came before.
+    pub fn start_at(&mut self, channel: &str, pos: &StreamPosition) {
+        self.positions.entry(channel.to_owned()).or_insert_with(|| pos.clone());
     }
 
     /// Records the event's position; false when it must not be delivered (an offset at

@@ -363,6 +363,9 @@ impl Driver {
                     verdicts.push((ch, Err(GatewayError::Server(error))));
                 }
                 None => {
+                    if let Some(pos) = result.positions.get(&ch) {
+                        self.channels.start_at(&ch, pos);
+                    }
                     if reconnect {
                         let recovered = result.recovered.get(&ch).copied().unwrap_or(false);
                         self.notify(Notice::Recovered { channel: ch.clone(), recovered });

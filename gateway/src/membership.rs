@@ -28,6 +28,15 @@ use crate::{
 /// connection as a slow consumer the moment it reconnects.
 const REPLAY_QUEUE_SHARE: usize = 2;
 
+/// The outcome of a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// With `recover`: whether every missed event was replayed.
+    pub recovered: Option<bool>,
+    /// On a channel with history: where it stood when the connection joined.
+    pub position: Option<StreamPosition>,
+}
+
 /// The membership protocol of one node.
 pub struct Membership {
     /// This node's id (presence entries, logs).
@@ -82,8 +91,12 @@ impl Membership {
         conn: &Arc<ConnHandle>,
         ch: &Channel,
         recover: Option<&StreamPosition>,
-    ) -> Result<Option<bool>, ErrorBody> {
+    ) -> Result<Joined, ErrorBody> {
         let gated = recover.is_some() && self.keeping.keeps(ch);
+        // Read before the connection joins the hub: every event after this position
+        // reaches the connection (live, or in its replay), so it is a safe place to
+        // recover from even if no event arrives before the next reconnect.
+        let position = self.position(ch).await;
         let first = if gated { self.hub.subscribe_gated(ch, conn) } else { self.hub.subscribe(ch, conn) };
         // Every joiner syncs, not only the first: a second joiner must not be told
         // "subscribed" while the first one's subscription is still on its way to the
@@ -103,13 +116,14 @@ impl Membership {
                 Err(e) => tracing::warn!(error = %e, channel = %ch, "presence join not recorded"),
             }
         }
-        match recover {
-            None => Ok(None),
-            Some(_) if !gated => Ok(Some(false)),
+        let recovered = match recover {
+            None => None,
+            Some(_) if !gated => Some(false),
             // Interest is confirmed: every event stored from now on arrives live (and
             // waits at the gate); everything before is in the store.
-            Some(pos) => Ok(Some(self.replay_and_open(conn, ch, pos).await)),
-        }
+            Some(pos) => Some(self.replay_and_open(conn, ch, pos).await),
+        };
+        Ok(Joined { recovered, position })
     }
 
     /// Recovery on a channel `conn` has already joined (its own `user:`/`agent:`
@@ -236,6 +250,18 @@ impl Membership {
         if let Err(e) = self.bus.publish(&ev).await {
             tracing::warn!(error = %e, channel = %ch, "presence event not published");
         }
+    }
+
+    /// Where `ch`'s history stands now (its latest offset and epoch), for a client that
+    /// joined it: recovering from there after a reconnect loses nothing, even when no
+    /// event arrived in between. `None` for channels without history or when the store
+    /// cannot answer.
+    pub async fn position(&self, ch: &Channel) -> Option<StreamPosition> {
+        if !self.keeping.keeps(ch) {
+            return None;
+        }
+        let page = self.history.read(ch, ReadFrom::Latest, 0).await.ok()?;
+        Some(StreamPosition { offset: page.last, epoch: page.epoch })
     }
 
     /// The error of a channel that keeps no history, for `history.get`.

@@ -517,7 +517,6 @@ async fn exactly_once_in_order(sub: &mut gateway_client::Subscription, n: u32) -
 }
 
 #[tokio::test]
-#[ignore = "needs server history (issue 8)"]
 async fn nothing_is_lost_across_a_node_restart_with_recover() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let redis = RedisServer::start().await?;
@@ -543,7 +542,6 @@ async fn nothing_is_lost_across_a_node_restart_with_recover() -> anyhow::Result<
 }
 
 #[tokio::test]
-#[ignore = "needs server history (issue 8)"]
 async fn nothing_is_lost_across_kill9_with_recover() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let redis = RedisServer::start().await?;

@@ -256,6 +256,20 @@ impl History for JetStreamHistory {
             Err(e) => return Err(unavailable("direct get", e)),
         };
         match from {
+            ReadFrom::After(pos) if pos.offset == 0 && pos.epoch == epoch => {
+                // The client joined when the channel had no event. All of them are still
+                // here unless the channel ever filled its window (size + 1 kept): with
+                // at most `size` stored, none was pushed out.
+                let size = self.keeping.size(ch);
+                let mut events = self.between(ch, 0, 0, size.saturating_add(1)).await?;
+                let reaches = events.len() <= size;
+                if !reaches {
+                    return Ok(Page { events: Vec::new(), last, epoch, reaches: false, complete: false });
+                }
+                let complete = events.len() <= limit;
+                events.truncate(limit);
+                Ok(Page { events, last, epoch, reaches, complete })
+            }
             ReadFrom::After(pos) => {
                 // Everything after `pos` is still stored when `pos` itself is: the stream
                 // drops a channel's events oldest first.
@@ -269,6 +283,9 @@ impl History for JetStreamHistory {
                 let complete = events.len() <= limit;
                 events.truncate(limit);
                 Ok(Page { events, last, epoch, reaches: true, complete })
+            }
+            ReadFrom::Latest if limit == 0 => {
+                Ok(Page { events: Vec::new(), last, epoch, reaches: true, complete: last == 0 })
             }
             ReadFrom::Latest => {
                 // Walk the channel's stored events (at most size + 1) and keep the last.

@@ -64,6 +64,9 @@ pub struct Session {
     identity: Identity,
     /// Joined channels (a short list: at most `limits.max_channels`).
     channels: Vec<Channel>,
+    /// Where each joined channel with history stood when it was joined: answered in
+    /// `subscribe` responses so a client can recover from there.
+    positions: Vec<(Channel, StreamPosition)>,
     /// Frame rate limits.
     limiter: FrameLimiter,
     /// Malformed frames so far.
@@ -85,6 +88,7 @@ impl Session {
             handle,
             identity,
             channels: Vec::new(),
+            positions: Vec::new(),
             limiter,
             protocol_errors: 0,
             inflight: Arc::default(),
@@ -183,16 +187,24 @@ impl Session {
             }
             ClientFrame::Subscribe { id, channels, token, recover } => {
                 let (done, rejected, recovered) = self.subscribe(&channels, token.as_deref(), &recover).await;
-                match id {
-                    Some(id) if recover.is_empty() => {
-                        self.reply(&ServerFrame::ok(id, json!({ "subscribed": done, "rejected": rejected })))
-                    }
-                    Some(id) => self.reply(&ServerFrame::ok(
-                        id,
-                        json!({ "subscribed": done, "rejected": rejected, "recovered": recovered }),
-                    )),
-                    None => self.report_rejections(rejected),
+                let Some(id) = id else {
+                    self.report_rejections(rejected);
+                    return Flow::Continue;
+                };
+                let positions: BTreeMap<&str, &StreamPosition> = self
+                    .positions
+                    .iter()
+                    .filter(|(ch, _)| done.contains(ch))
+                    .map(|(ch, p)| (ch.as_str(), p))
+                    .collect();
+                let mut result = json!({ "subscribed": done, "rejected": rejected });
+                if !recover.is_empty() {
+                    result["recovered"] = json!(recovered);
                 }
+                if !positions.is_empty() {
+                    result["positions"] = json!(positions);
+                }
+                self.reply(&ServerFrame::ok(id, result));
             }
             ClientFrame::Unsubscribe { id, channels } => {
                 let (done, rejected) = self.unsubscribe(&channels).await;
@@ -262,9 +274,12 @@ impl Session {
                 continue;
             }
             match self.node.membership.join(&self.handle, &ch, pos).await {
-                Ok(outcome) => {
-                    if let Some(ok) = outcome {
+                Ok(joined) => {
+                    if let Some(ok) = joined.recovered {
                         recovered.insert(name.clone(), ok);
+                    }
+                    if let Some(p) = joined.position {
+                        self.positions.push((ch.clone(), p));
                     }
                     self.channels.push(ch.clone());
                     done.push(ch);
@@ -294,6 +309,7 @@ impl Session {
 
     async fn leave(&mut self, ch: &Channel) {
         self.channels.retain(|c| c != ch);
+        self.positions.retain(|(c, _)| c != ch);
         self.node.membership.leave(&self.handle, ch).await;
     }
 
