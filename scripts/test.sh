@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The one command that runs every test: installs what is missing (nats-server,
-# redis-server, nginx, the Helm checkers), builds once, runs the Rust tests (unit,
-# golden, integration against real NATS/Redis processes the harness starts on free
-# ports), then the Helm chart checks. Exits non-zero when anything fails.
+# redis-server, nginx, Node packages, the Helm checkers), builds once, then runs the
+# suites side by side: the Rust tests (unit, golden, integration against real NATS/Redis
+# processes the harness starts on free ports), the TypeScript client's tests (unit, and
+# integration against the gateway binary just built), and the Helm chart checks.
+# Exits non-zero when anything fails; each suite's output is kept whole, not interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,13 +13,53 @@ bash scripts/install-deps.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Tests talk only to loopback; never through a proxy set in the environment.
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
-# One build for everything (the tests start the gateway binary as a child process too).
+
+# One build for everything (the tests start the gateway binary as a child process too),
+# and the TypeScript client's dependencies meanwhile.
+(cd client-ts && npm ci --no-audit --no-fund --loglevel=error) &
+npm_pid=$!
 cargo build --workspace --all-targets --locked
+wait "$npm_pid"
 
-if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
-else
-  cargo test --workspace --locked --no-fail-fast
-fi
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
 
-bash scripts/check-helm.sh
+run() { # name, command...: runs a suite in the background, output to its log
+  local name="$1"
+  shift
+  ("$@" >"$logs/$name.log" 2>&1; echo $? >"$logs/$name.rc") &
+}
+
+run rust bash -c 'if command -v cargo-nextest >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+  else
+    cargo test --workspace --locked --no-fail-fast
+  fi'
+run client-ts bash -c 'cd client-ts && npm run build && GATEWAY_BIN="$PWD/../target/debug/gateway" npm test'
+run helm bash scripts/check-helm.sh
+wait
+
+failed=0
+for name in rust client-ts helm; do
+  rc="$(cat "$logs/$name.rc" 2>/dev/null || echo 1)"
+  echo "===== $name (exit $rc) ====="
+  cat "$logs/$name.log"
+  [ "$rc" = 0 ] || failed=1
+done
+
+# One closing line over every suite: nextest's summary, node's `# pass`/`# fail`, helm's.
+count() { # log, pattern: the last number matching the pattern (0 when none)
+  local n
+  n="$(grep -oE "$2" "$1" 2>/dev/null | grep -oE '[0-9]+' | tail -1 || true)"
+  echo "${n:-0}"
+}
+rp="$(count "$logs/rust.log" '[0-9]+ passed')"
+rf="$(count "$logs/rust.log" '[0-9]+ failed')"
+tp="$(count "$logs/client-ts.log" '# pass [0-9]+')"
+tf="$(count "$logs/client-ts.log" '# fail [0-9]+')"
+hp="$(count "$logs/helm.log" '[0-9]+ passed')"
+hf="$(count "$logs/helm.log" '[0-9]+ failed')"
+echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; helm: $hp passed, $hf failed"
+[ "$failed" = 0 ] || echo "test.sh: some suites failed" >&2
+echo "total: $((rp + tp + hp)) passed, $((rf + tf + hf + failed)) failed"
+exit "$failed"

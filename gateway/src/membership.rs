@@ -141,7 +141,7 @@ impl Membership {
     /// is lost: the held live events must flow).
     async fn replay_and_open(&self, conn: &ConnHandle, ch: &Channel, pos: &StreamPosition) -> bool {
         let (recovered, replay) = self.replay(conn, ch, pos).await;
-        let queued = self.hub.open_gate(ch, conn.id, replay);
+        let queued = self.hub.open_gate(ch, conn.id, replay, recovered.then_some(pos.offset));
         metrics::counter!(telemetry::RECOVERIES, "outcome" => if recovered { "recovered" } else { "lost" })
             .increment(1);
         tracing::debug!(channel = %ch, conn = %conn.connection_id, recovered, queued, "recovery");

@@ -26,7 +26,8 @@ pub struct HistoryQuery {
 pub struct HistoryPage {
     /// The channel.
     pub channel: String,
-    /// The events, oldest first, as `event` frames would carry them.
+    /// The events, oldest first, as `event` frames (with `"type":"event"`).
+    #[serde(with = "as_event_frames")]
     pub events: Vec<EventFrame>,
     /// The channel's latest offset in the store (0 when it holds none).
     pub offset: u64,
@@ -35,4 +36,27 @@ pub struct HistoryPage {
     /// False when more events follow (`limit` reached) or the store no longer reaches
     /// back to `since`.
     pub complete: bool,
+}
+
+/// Events (de)serialised as whole `event` frames, tag included, so a page's entries are
+/// byte for byte what the live feed delivers.
+mod as_event_frames {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    use crate::frame::{EventFrame, ServerFrame};
+
+    pub fn serialize<S: Serializer>(events: &[EventFrame], s: S) -> Result<S::Ok, S::Error> {
+        let frames: Vec<ServerFrame> = events.iter().cloned().map(ServerFrame::Event).collect();
+        frames.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EventFrame>, D::Error> {
+        Vec::<ServerFrame>::deserialize(d)?
+            .into_iter()
+            .map(|f| match f {
+                ServerFrame::Event(e) => Ok(e),
+                other => Err(D::Error::custom(format!("expected an event frame, got {}", other.kind()))),
+            })
+            .collect()
+    }
 }

@@ -1,12 +1,15 @@
 //! The embedded history twin: per channel, a bounded log of the last events in memory,
-//! with per-channel offsets 1, 2, 3, … and an epoch drawn at start (a restarted node is
-//! a new store: clients that recover against it get `recovered:false`).
+//! with offsets from one store-wide sequence (they grow along a channel and are never
+//! reused, also after a channel's log expired and was dropped) and an epoch drawn at
+//! start (a restarted node is a new store: clients that recover against it get
+//! `recovered:false`). The same rules as the JetStream store.
 //!
 //! The in-process bus stamps and appends an event and delivers it under the same
 //! per-channel lock, so local subscribers see offsets in order.
 
 use std::{
     collections::VecDeque,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -19,10 +22,12 @@ use super::{History, HistoryError, Keeping, Page, ReadFrom};
 /// One channel's log.
 #[derive(Default)]
 struct Log {
-    /// Offset of the last appended event (offsets are never reused, also after expiry).
+    /// Offset of the last appended event.
     last: u64,
     /// Kept events, oldest first, with when they were appended.
     events: VecDeque<(Instant, EventFrame)>,
+    /// Whether an event was ever dropped from this log (window or TTL).
+    dropped: bool,
 }
 
 impl Log {
@@ -30,7 +35,13 @@ impl Log {
     fn trim(&mut self, size: usize, ttl: Duration, now: Instant) {
         while self.events.len() > size || self.events.front().is_some_and(|(at, _)| now.duration_since(*at) > ttl) {
             self.events.pop_front();
+            self.dropped = true;
         }
+    }
+
+    /// Whether the event with `offset` is kept.
+    fn holds(&self, offset: u64) -> bool {
+        self.events.binary_search_by_key(&Some(offset), |(_, e)| e.offset).is_ok()
     }
 }
 
@@ -42,13 +53,15 @@ pub struct MemoryHistory {
     epoch: String,
     /// Channel → its log; a channel whose events all expired is removed by [`MemoryHistory::sweep`].
     logs: DashMap<Channel, Log>,
+    /// The last offset handed out, store-wide.
+    seq: AtomicU64,
 }
 
 impl MemoryHistory {
     /// An empty store with a fresh epoch.
     pub fn new(keeping: Keeping) -> Self {
         let epoch = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        MemoryHistory { keeping, epoch, logs: DashMap::new() }
+        MemoryHistory { keeping, epoch, logs: DashMap::new(), seq: AtomicU64::new(0) }
     }
 
     /// The epoch of this store.
@@ -63,9 +76,12 @@ impl MemoryHistory {
         if !self.keeping.keeps(&ev.channel) {
             return deliver(ev);
         }
-        let (size, ttl) = (self.keeping.size(&ev.channel), Duration::from_millis(self.keeping.ttl_ms(&ev.channel)));
+        // One more than the window, like the JetStream store: the position of the oldest
+        // event a client may hold stays to prove nothing after it was dropped.
+        let (size, ttl) = (self.keeping.size(&ev.channel) + 1, Duration::from_millis(self.keeping.ttl_ms(&ev.channel)));
         let mut log = self.logs.entry(ev.channel.clone()).or_default();
-        log.last += 1;
+        // Under the channel's lock: offsets grow along the channel.
+        log.last = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         ev.offset = Some(log.last);
         ev.epoch = Some(self.epoch.clone());
         let now = Instant::now();
@@ -80,7 +96,7 @@ impl MemoryHistory {
         let now = Instant::now();
         self.logs.retain(|ch, log| {
             let ttl = Duration::from_millis(self.keeping.ttl_ms(ch));
-            log.trim(self.keeping.size(ch), ttl, now);
+            log.trim(self.keeping.size(ch) + 1, ttl, now);
             !log.events.is_empty()
         });
     }
@@ -106,13 +122,16 @@ impl History for MemoryHistory {
                 ReadFrom::Latest => empty(),
             });
         };
-        log.trim(self.keeping.size(ch), Duration::from_millis(self.keeping.ttl_ms(ch)), Instant::now());
+        log.trim(self.keeping.size(ch) + 1, Duration::from_millis(self.keeping.ttl_ms(ch)), Instant::now());
         let last = log.last;
-        let oldest = log.events.front().and_then(|(_, e)| e.offset).unwrap_or(last + 1);
         let (events, reaches, complete) = match from {
             ReadFrom::After(p) => {
-                // Every event after `p` is here when the oldest kept one is at most p + 1.
-                let reaches = p.epoch == self.epoch && p.offset <= last && p.offset + 1 >= oldest;
+                // Every event after `p` is here when `p` itself is (events leave oldest
+                // first), when nothing came after it, or when `p` is 0 (joined before any
+                // event) and nothing was ever dropped.
+                let reaches = p.epoch == self.epoch
+                    && p.offset <= last
+                    && (p.offset == last || log.holds(p.offset) || (p.offset == 0 && !log.dropped));
                 if !reaches {
                     (Vec::new(), false, false)
                 } else {
@@ -176,7 +195,7 @@ mod tests {
             assert_eq!(append(&h, &ch, n).await.offset, Some(n));
         }
         let at = |offset| ReadFrom::After(StreamPosition { offset, epoch: h.epoch().to_owned() });
-        // Kept: 3, 4, 5. After 2 is complete; after 1 lost event 2.
+        // Kept: 2 (the window's extra one), 3, 4, 5. After 2 is complete; after 1 lost 2.
         let p = h.read(&ch, at(2), 10).await.unwrap();
         assert_eq!((p.reaches, p.events.iter().map(|e| e.offset.unwrap()).collect::<Vec<_>>()), (true, vec![3, 4, 5]));
         assert!(!h.read(&ch, at(1), 10).await.unwrap().reaches);

@@ -141,9 +141,10 @@ impl Hub {
 
     /// Opens `conn`'s gate on `ch`: queues `replay` (oldest first), then the live events
     /// held meanwhile, each offset once, and makes it a live subscriber. All under the
-    /// channel's lock, so no live event can slip in between. Returns how many frames
-    /// were queued; 0 if it is not gated there (it left meanwhile).
-    pub fn open_gate(&self, ch: &Channel, conn: ConnId, replay: Vec<Held>) -> usize {
+    /// channel's lock, so no live event can slip in between. `from`: the connection now
+    /// has every event after this offset (the recovered position), if it does. Returns
+    /// how many frames were queued; 0 if it is not gated there (it left meanwhile).
+    pub fn open_gate(&self, ch: &Channel, conn: ConnId, replay: Vec<Held>, from: Option<u64>) -> usize {
         let mut shard = write(self.shard(ch));
         let Some(subs) = shard.get_mut(ch) else {
             return 0;
@@ -152,8 +153,11 @@ impl Hub {
             return 0;
         };
         let handle = gate.conn.clone();
-        let n = gate.release(replay);
-        subs.insert(&handle);
+        let earlier = gate.delivered.map(|(after, _)| after);
+        let (n, pushed) = gate.release(replay);
+        let pushed = pushed.max(subs.last.load(std::sync::atomic::Ordering::Acquire));
+        let from = from.or(earlier).map_or(pushed, |f| f.min(pushed));
+        subs.insert_with(&handle, subscribers::Have { from, pushed });
         n
     }
 
@@ -213,7 +217,11 @@ impl Hub {
         };
         let mut delivered = 0;
         let mut queued = 0;
-        for conn in &subs.list {
+        for (conn, have) in subs.live() {
+            // Already queued to it by its replay (which can run ahead of the live feed).
+            if offset != 0 && offset <= have.pushed {
+                continue;
+            }
             let (msg, len) = encode(conn);
             if conn.enqueue(msg, len) {
                 delivered += 1;

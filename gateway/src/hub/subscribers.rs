@@ -36,14 +36,25 @@ pub(super) struct Gate {
     pub(super) delivered: Option<(u64, u64)>,
 }
 
+/// What one live subscriber has received of a channel's offsets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Have {
+    /// It has every event after this offset (0 with `pushed` 0: since it joined, before
+    /// any event was seen here; see [`Subscribers::first`]).
+    pub(super) from: u64,
+    /// The highest offset already queued to it when it went live; a live event at or
+    /// below it is skipped (a replay can run ahead of the live feed).
+    pub(super) pushed: u64,
+}
+
 /// One channel's local subscribers.
 #[derive(Default)]
 pub(super) struct Subscribers {
     /// Live subscribers, in no particular order.
     pub(super) list: Vec<Arc<ConnHandle>>,
-    /// Per entry of `list`: the channel's `last` offset when it joined, so a subscriber
-    /// gated again knows which offsets it already got live.
-    joined: Vec<u64>,
+    /// Per entry of `list`: which offsets it has (for a second recovery on the same
+    /// connection) and below which a live event is not for it (already replayed).
+    have: Vec<Have>,
     /// ConnId → position in `list`; `None` while the list is small. Boxed so that the
     /// many one-subscriber channels (every user's own) carry 8 bytes, not a whole map.
     #[expect(clippy::box_collection, reason = "8 bytes for the common small channel instead of a map's 48")]
@@ -77,16 +88,22 @@ impl Subscribers {
 
     /// Adds `conn` as a live subscriber; false if it was one already.
     pub(super) fn insert(&mut self, conn: &Arc<ConnHandle>) -> bool {
+        let last = self.last.load(Ordering::Acquire);
+        self.insert_with(conn, Have { from: last, pushed: last })
+    }
+
+    /// Adds `conn` as a live subscriber that has `have`; false if it was one already.
+    pub(super) fn insert_with(&mut self, conn: &Arc<ConnHandle>, have: Have) -> bool {
         if self.position(conn.id).is_some() {
             return false;
         }
         if self.list.capacity() == 0 {
             // Most channels (a user's own) have one subscriber.
             self.list.reserve_exact(1);
-            self.joined.reserve_exact(1);
+            self.have.reserve_exact(1);
         }
         self.list.push(conn.clone());
-        self.joined.push(self.last.load(Ordering::Acquire));
+        self.have.push(have);
         match &mut self.index {
             Some(index) => {
                 index.insert(conn.id, self.list.len() - 1);
@@ -99,11 +116,16 @@ impl Subscribers {
         true
     }
 
-    /// Removes a live subscriber; returns the offset it joined at, if it was there.
-    fn remove_live(&mut self, id: ConnId) -> Option<u64> {
+    /// The live subscribers with what each has.
+    pub(super) fn live(&self) -> impl Iterator<Item = (&Arc<ConnHandle>, &Have)> {
+        self.list.iter().zip(&self.have)
+    }
+
+    /// Removes a live subscriber; returns what it had, if it was there.
+    fn remove_live(&mut self, id: ConnId) -> Option<Have> {
         let i = self.position(id)?;
         self.list.swap_remove(i);
-        let joined = self.joined.swap_remove(i);
+        let have = self.have.swap_remove(i);
         if let Some(index) = &mut self.index {
             index.remove(&id);
             if let Some(moved) = self.list.get(i) {
@@ -115,9 +137,9 @@ impl Subscribers {
         }
         if self.list.capacity() > 8 && self.list.len() < self.list.capacity() / 4 {
             self.list.shrink_to(self.list.len() * 2);
-            self.joined.shrink_to(self.list.len() * 2);
+            self.have.shrink_to(self.list.len() * 2);
         }
-        Some(joined)
+        Some(have)
     }
 
     /// Removes `id`, live or gated; false if it was not there.
@@ -133,8 +155,9 @@ impl Subscribers {
     pub(super) fn gate(&mut self, conn: &Arc<ConnHandle>) {
         let (first, last) = (self.first.load(Ordering::Acquire), self.last.load(Ordering::Acquire));
         let delivered = match self.remove_live(conn.id) {
-            Some(0) if first > 0 => Some((first - 1, last)),
-            Some(joined) if joined > 0 && last > joined => Some((joined, last)),
+            // Joined before this node saw any event here: it has all since the first.
+            Some(Have { from: 0, pushed: 0 }) if first > 0 => Some((first - 1, last)),
+            Some(Have { from, pushed }) if last.max(pushed) > from => Some((from, last.max(pushed))),
             _ => None,
         };
         let gates = self.gates.get_or_insert_with(Box::default);
@@ -195,8 +218,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Gate {
     /// Queues `replay` (history, oldest first) and then the held live events, skipping
     /// every offset the connection already received or that the replay covered.
-    /// Returns how many were queued.
-    pub(super) fn release(self, replay: Vec<Held>) -> usize {
+    /// Returns how many were queued and the highest offset queued.
+    pub(super) fn release(self, replay: Vec<Held>) -> (usize, u64) {
         let seen = |off: u64| self.delivered.is_some_and(|(after, upto)| off > after && off <= upto);
         let mut pushed_max = 0;
         let mut n = 0;
@@ -214,6 +237,7 @@ impl Gate {
             pushed_max = pushed_max.max(off);
             n += usize::from(self.conn.push(msg));
         }
-        n
+        let upto = self.delivered.map_or(0, |(_, upto)| upto);
+        (n, pushed_max.max(upto))
     }
 }

@@ -166,11 +166,11 @@ fn a_gate_queues_the_replay_before_the_live_events_each_once() {
     assert_eq!(c.queued_frames(), 0);
     assert_eq!(hub.stats().subscriptions, 2);
     // The replay (after offset 3) overlaps the held events: each offset once, in order.
-    assert_eq!(hub.open_gate(&ch, 2, replay(&ch, 4..=6)), 4);
+    assert_eq!(hub.open_gate(&ch, 2, replay(&ch, 4..=6), Some(3)), 4);
     hub.deliver(at(&ch, 8));
     assert_eq!(offsets(&mut co), vec![4, 5, 6, 7, 8]);
     assert_eq!(offsets(&mut oo), vec![5, 6, 7, 8]);
-    assert_eq!(hub.open_gate(&ch, 2, Vec::new()), 0, "no gate left");
+    assert_eq!(hub.open_gate(&ch, 2, Vec::new(), None), 0, "no gate left");
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn a_live_subscriber_gated_again_gets_only_what_it_missed() {
     // It asks to recover after 8: 9 and 10 are missing; 11 and 12 it has.
     hub.subscribe_gated(&ch, &c);
     hub.deliver(at(&ch, 13));
-    hub.open_gate(&ch, 1, replay(&ch, 9..=12));
+    hub.open_gate(&ch, 1, replay(&ch, 9..=12), Some(8));
     assert_eq!(offsets(&mut co), vec![9, 10, 13]);
 }
 
@@ -205,4 +205,25 @@ fn leaving_while_gated_leaves_nothing_behind() {
     assert!(hub.unsubscribe(&ch, 1));
     assert!(!hub.has_subscribers(&ch));
     assert_eq!(hub.stats(), HubStats::default());
+}
+
+#[test]
+fn a_replay_ahead_of_the_live_feed_and_a_second_recovery_deliver_nothing_twice() {
+    let hub = Hub::default();
+    let ch = Channel::parse("session:s").unwrap();
+    let (c, mut co) = conn(1, Encoding::Json, 100);
+    // The store already has 4..=7; the node has delivered only up to 5 so far.
+    hub.deliver(at(&ch, 5));
+    hub.subscribe_gated(&ch, &c);
+    hub.open_gate(&ch, 1, replay(&ch, 3..=7), Some(2));
+    // 6 and 7 still arrive live: already replayed, skipped; 8 is new.
+    for n in 6..=8 {
+        hub.deliver(at(&ch, n));
+    }
+    assert_eq!(offsets(&mut co), vec![3, 4, 5, 6, 7, 8]);
+    // The client retries the same recovery: nothing it has comes again.
+    hub.subscribe_gated(&ch, &c);
+    hub.open_gate(&ch, 1, replay(&ch, 3..=8), Some(2));
+    hub.deliver(at(&ch, 9));
+    assert_eq!(offsets(&mut co), vec![9]);
 }

@@ -191,12 +191,8 @@ impl Session {
                     self.report_rejections(rejected);
                     return Flow::Continue;
                 };
-                let positions: BTreeMap<&str, &StreamPosition> = self
-                    .positions
-                    .iter()
-                    .filter(|(ch, _)| done.contains(ch))
-                    .map(|(ch, p)| (ch.as_str(), p))
-                    .collect();
+                let positions: BTreeMap<&str, &StreamPosition> =
+                    self.positions.iter().filter(|(ch, _)| done.contains(ch)).map(|(ch, p)| (ch.as_str(), p)).collect();
                 let mut result = json!({ "subscribed": done, "rejected": rejected });
                 if !recover.is_empty() {
                     result["recovered"] = json!(recovered);
