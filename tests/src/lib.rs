@@ -3,4 +3,5 @@
 
 pub mod cluster_script;
 pub mod node;
+pub mod relay;
 pub mod servers;
