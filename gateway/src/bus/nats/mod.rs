@@ -39,14 +39,16 @@ use tokio_util::{
     task::TaskTracker,
 };
 
-use super::{Bus, BusError, ComponentHealth, DisconnectCommand, Inbound, Origin, rpc_subject, upstream_subject};
+use super::{
+    Bus, BusError, ComponentHealth, Correlation, DisconnectCommand, Inbound, Origin, rpc_subject, upstream_subject,
+};
 use crate::{config::Config, events::BusScreen, telemetry};
 
 mod wire;
 
 use wire::{
-    WireEventRef, bad_request, decode_event, origin_headers, parse_reply, publish_error, reconnect_delay, redact,
-    request_error, signature,
+    WireEventRef, bad_request, correlation_headers, decode_event, origin_headers, parse_reply, publish_error,
+    reconnect_delay, redact, request_error, signature,
 };
 
 /// Header naming the kind (`user`|`agent`) of the principal behind an upstream message.
@@ -434,10 +436,17 @@ impl Bus for NatsBus {
         self.send(ev.channel.subject(&self.prefix), headers, body).await
     }
 
-    async fn send_upstream(&self, origin: &Origin<'_>, event: &str, data: &Value) -> Result<(), BusError> {
+    async fn send_upstream(
+        &self,
+        origin: &Origin<'_>,
+        event: &str,
+        data: &Value,
+        correlation: &Correlation<'_>,
+    ) -> Result<(), BusError> {
         let subject = upstream_subject(&self.prefix, event)
             .ok_or_else(|| bad_request(format!("event name {event:?} cannot be sent upstream")))?;
-        let headers = origin_headers(origin)?;
+        let mut headers = origin_headers(origin)?;
+        correlation_headers(&mut headers, correlation);
         let body = serde_json::to_vec(data).map_err(|e| bad_request(format!("data: {e}")))?;
         self.send(subject, Some(headers), body).await
     }
