@@ -15,6 +15,10 @@ use gateway_protocol::{Channel, ErrorBody, EventFrame, EventName, Principal, Pri
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+#[cfg(doc)]
+use crate::lifecycle::HookBody;
+use crate::lifecycle::HookKind;
+
 /// Why a bus operation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BusError {
@@ -179,6 +183,11 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<bool, BusError>;
     /// Closes a principal's connections on every node.
     async fn disconnect(&self, cmd: &DisconnectCommand) -> Result<(), BusError>;
+    /// Tells backends that `origin` opened or closed (`<prefix>.lc.<kind>`, body
+    /// [`HookBody`]). Without a fabric there is no backend to tell.
+    async fn hook(&self, _kind: HookKind, _origin: &Origin<'_>, _reason: Option<&str>) -> Result<(), BusError> {
+        Ok(())
+    }
     /// Reachability, for health and readiness.
     fn health(&self) -> ComponentHealth;
 }

@@ -115,6 +115,8 @@ pub struct Config {
     pub fabric: FabricConfig,
     /// History kept per namespace, for recovery after a reconnect and `history.get`.
     pub history: HistoryConfig,
+    /// Agent status and backend hooks.
+    pub lifecycle: LifecycleConfig,
 }
 
 /// The history one namespace keeps (contract §9): per channel, the last `size` events,
@@ -356,6 +358,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             fabric: FabricConfig::default(),
             history: HistoryConfig::default(),
+            lifecycle: LifecycleConfig::default(),
         }
     }
 }
@@ -563,6 +566,9 @@ impl Config {
         if self.drain.deadline_ms < self.drain.delay_ms + self.drain.period_ms {
             return invalid("drain.deadline_ms", "must cover drain.delay_ms + drain.period_ms");
         }
+        if let Err(e) = self.lifecycle.parsed() {
+            return invalid("lifecycle.agent_status_channel", &format!("must be a channel name or empty: {e}"));
+        }
         if self.jwt_public_key.as_ref().is_some_and(|p| !p.exists()) {
             return invalid("jwt_public_key", "file does not exist");
         }
@@ -607,5 +613,8 @@ fn default_node_id() -> String {
     format!("node-{}", &uuid[..8])
 }
 
+mod lifecycle;
 #[cfg(test)]
 mod tests;
+
+pub use lifecycle::LifecycleConfig;

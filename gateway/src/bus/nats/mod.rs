@@ -42,8 +42,9 @@ use tokio_util::{
 use super::{
     Bus, BusError, ComponentHealth, Correlation, DisconnectCommand, Inbound, Origin, rpc_subject, upstream_subject,
 };
-use crate::{config::Config, events::BusScreen, telemetry};
+use crate::{config::Config, events::BusScreen, lifecycle::HookKind, telemetry};
 
+mod hooks;
 mod wire;
 
 use wire::{
@@ -482,6 +483,10 @@ impl Bus for NatsBus {
     async fn disconnect(&self, cmd: &DisconnectCommand) -> Result<(), BusError> {
         let body = serde_json::to_vec(cmd).map_err(|e| bad_request(format!("command: {e}")))?;
         self.send(format!("{}.ctl.disconnect", self.prefix), None, body).await
+    }
+
+    async fn hook(&self, kind: HookKind, origin: &Origin<'_>, reason: Option<&str>) -> Result<(), BusError> {
+        self.publish_hook(kind, origin, reason).await
     }
 
     fn health(&self) -> ComponentHealth {

@@ -392,12 +392,18 @@ impl Session {
         left
     }
 
-    /// Leaves every channel and releases the connection's counts. Called once, at the end.
-    pub async fn finish(mut self) {
+    /// The connection opened (`connected` is queued): announces it (contract §10).
+    pub async fn opened(&mut self) {
+        self.admission.open().await;
+    }
+
+    /// Leaves every channel, releases the connection's counts and announces the close
+    /// (`reason`: the close code's reason). Called once, at the end.
+    pub async fn finish(mut self, reason: &str) {
         let channels = std::mem::take(&mut self.channels);
         self.node.membership.leave_all(&self.handle, &channels).await;
         self.node.hub.unregister(self.handle.id);
-        self.admission.release().await;
+        self.admission.release(reason).await;
         let kind = self.identity.principal.kind;
         metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
         self.finished = true;
