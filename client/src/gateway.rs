@@ -206,7 +206,7 @@ impl Gateway {
     /// disconnected it waits in the offline queue.
     pub async fn send(&self, event: &str, data: Value) -> Result<(), GatewayError> {
         let event = EventName::parse(event)?;
-        self.call_acked(ClientFrame::Send { id: None, event, data }).await
+        self.call_acked(ClientFrame::Send { id: None, event, data, correlation_id: None, timestamp: None }).await
     }
 
     /// Publishes on a channel (where the namespace lets clients); resolves on `ack`.

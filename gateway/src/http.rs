@@ -1,4 +1,5 @@
-//! The HTTP surface: the WebSocket handshake (`GET /ws`), health and readiness, metrics,
+//! The HTTP surface: the WebSocket handshake (`GET /ws` and any other `ws_paths`), health
+//! and readiness, metrics,
 //! and the admin API (`POST /api/publish`, `POST /api/disconnect`).
 //!
 //! A handshake is checked completely before the upgrade — draining, origin, encoding,
@@ -18,7 +19,7 @@ use axum::{
     routing::{get, post},
 };
 use futures_util::StreamExt;
-use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, EventName, PrincipalKind, now_ms};
+use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, EventName, PrincipalKind, iso8601, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -39,8 +40,13 @@ use crate::{
 /// so it cannot wait for the first scrape of `/metrics`.
 pub fn router(node: Arc<Node>) -> Router {
     telemetry::prometheus();
-    Router::new()
-        .route("/ws", get(upgrade))
+    // Every `ws_paths` entry upgrades (validated: absolute, no route syntax, no
+    // duplicates, none of the paths below).
+    let mut router = Router::new();
+    for path in &node.cfg.ws_paths {
+        router = router.route(path, get(upgrade));
+    }
+    router
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -220,7 +226,7 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
     let status = if bus.is_up() && presence.is_up() { "ok" } else { "degraded" };
     Json(json!({
         "status": status,
-        "timestamp": now_ms(),
+        "timestamp": iso8601(now_ms()),
         "node": node.id(),
         "websocket": {
             "status": if node.shutdown.is_draining() { "draining" } else { "running" },

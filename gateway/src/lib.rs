@@ -6,7 +6,7 @@
 //! in-process twins of both, through the same code paths.
 //!
 //! Rooms: [`config`], [`auth`], [`access`], [`http`], [`conn`], [`hub`], [`bus`],
-//! [`presence`], [`keys`], [`node`], [`listener`], [`server`], [`shutdown`], [`telemetry`], [`error`].
+//! [`presence`], [`lifecycle`], [`keys`], [`node`], [`listener`], [`server`], [`shutdown`], [`telemetry`], [`error`].
 
 pub mod access;
 pub mod auth;
@@ -21,6 +21,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod keys;
+pub mod lifecycle;
 pub mod listener;
 pub mod membership;
 pub mod node;

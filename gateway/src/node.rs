@@ -23,8 +23,9 @@ use crate::{
     events::EventPolicy,
     history::{History, Keeping},
     hub::Hub,
+    lifecycle::Lifecycle,
     membership::Membership,
-    presence::{NodeReport, Presence},
+    presence::{NodeReport, Presence, Reaped},
     shutdown::Shutdown,
 };
 
@@ -50,6 +51,8 @@ pub struct Node {
     pub keeping: Keeping,
     /// Joining and leaving channels, on this node and across the cluster.
     pub membership: Arc<Membership>,
+    /// Agent status and backend hooks as connections open and close.
+    pub lifecycle: Lifecycle,
     /// Drain and stop signals.
     pub shutdown: Shutdown,
     /// Every task the node spawns, so shutdown can wait for them.
@@ -64,6 +67,7 @@ pub struct Node {
 
 impl Node {
     /// Assembles a node from its parts.
+    #[expect(clippy::too_many_arguments, reason = "the parts of a node, each once")]
     pub fn new(
         cfg: Arc<Config>,
         hub: Arc<Hub>,
@@ -87,7 +91,9 @@ impl Node {
             keeping.clone(),
             tasks.clone(),
         ));
+        let lifecycle = Lifecycle::new(bus.clone(), cfg.lifecycle.status_channel());
         Node {
+            lifecycle,
             cfg,
             hub,
             bus,
@@ -206,8 +212,8 @@ impl Node {
         self.bus.health().is_up() && self.presence.health().is_up()
     }
 
-    /// Refreshes presence leases, announces leaves of expired members and re-syncs bus
-    /// interest, until stopped.
+    /// Refreshes presence leases, announces leaves of expired members and lost
+    /// connections (their agents offline), and re-syncs bus interest, until stopped.
     pub async fn maintain_presence(self: Arc<Self>) {
         let mut tick = tokio::time::interval(ms(self.cfg.presence.refresh_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,14 +222,15 @@ impl Node {
                 _ = self.shutdown.stopped() => return,
                 _ = tick.tick() => {}
             }
-            let expired = match self.presence.maintain(&self.report()).await {
-                Ok(expired) => expired,
+            let reaped = match self.presence.maintain(&self.report()).await {
+                Ok(reaped) => reaped,
                 Err(e) => {
                     tracing::warn!(error = %e, "presence maintenance failed");
-                    Vec::new()
+                    Reaped::default()
                 }
             };
-            self.membership.reconcile(expired, self.presence.take_rejoined()).await;
+            self.membership.reconcile(reaped.left, self.presence.take_rejoined()).await;
+            self.lifecycle.reconcile(reaped.lost, self.presence.take_restored()).await;
             // Repair bus interest that a failed sync or an ended subscription left
             // wrong; with nothing to change this is a lookup per channel.
             if self.bus.health().is_up() {

@@ -72,6 +72,8 @@ pub const DRAINING: &str = "gateway_draining";
 pub const DRAIN_CLOSES: &str = "gateway_drain_closes_total";
 /// Presence leave events emitted for expired leases.
 pub const PRESENCE_EXPIRED: &str = "gateway_presence_expired_total";
+/// Connections of dead nodes this node reaped and reported lost (contract §10).
+pub const CONNECTIONS_LOST: &str = "gateway_connections_lost_total";
 /// Counter: subscribe recoveries (label `outcome`: recovered|lost).
 pub const RECOVERIES: &str = "gateway_recoveries_total";
 /// Counter: events a node fetched from history to fill a hole in a channel's offsets.

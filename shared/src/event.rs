@@ -138,27 +138,36 @@ impl fmt::Display for EventName {
     }
 }
 
-/// The events the gateway itself publishes on channels.
+/// The events the gateway itself publishes on channels. Only the `presence.*` ones are
+/// reserved (see [`EventName::is_reserved`]); `agent:status` is the name seed 001's
+/// dashboards already listen to, and backends may publish it too (an agent's `error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SystemEvent {
     /// A member's first connection joined a channel with presence.
     PresenceJoin,
     /// A member's last connection left (or its lease expired).
     PresenceLeave,
+    /// An agent's first connection anywhere in the cluster opened, or its last closed
+    /// (contract §10): `{"agentId","status","timestamp","reason"?}`.
+    AgentStatus,
 }
 
 impl SystemEvent {
+    /// Every system event.
+    pub const ALL: [SystemEvent; 3] = [SystemEvent::PresenceJoin, SystemEvent::PresenceLeave, SystemEvent::AgentStatus];
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
             SystemEvent::PresenceJoin => "presence.join",
             SystemEvent::PresenceLeave => "presence.leave",
+            SystemEvent::AgentStatus => "agent:status",
         }
     }
 
     /// The system event a name denotes, if any.
     pub fn from_name(name: &str) -> Option<Self> {
-        [SystemEvent::PresenceJoin, SystemEvent::PresenceLeave].into_iter().find(|e| e.as_str() == name)
+        SystemEvent::ALL.into_iter().find(|e| e.as_str() == name)
     }
 }
 
@@ -199,6 +208,12 @@ mod tests {
             assert!(EventName::parse(free).is_ok_and(|n| !n.is_reserved()), "{free}");
         }
         assert!(EventName::from(SystemEvent::PresenceJoin).is_reserved());
+        // Backends publish `agent:status` too (seed 001's `broadcastAgentStatus`).
+        assert!(!EventName::from(SystemEvent::AgentStatus).is_reserved());
+        for e in SystemEvent::ALL {
+            assert_eq!(SystemEvent::from_name(e.as_str()), Some(e));
+            assert!(EventName::parse(e.as_str()).is_ok());
+        }
     }
 
     #[test]

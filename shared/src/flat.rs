@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     codec::DecodeError,
     event::EventName,
-    frame::{ClientFrame, Principal, PrincipalKind, ServerFrame},
+    frame::{ClientFrame, ClientTimestamp, Principal, PrincipalKind, ServerFrame},
 };
 
 /// A flat client frame as it arrives.
@@ -21,6 +21,12 @@ struct FlatIn {
     payload: Value,
     #[serde(default)]
     message_id: Option<String>,
+    /// The client's correlation id (a string or a number), passed to backends.
+    #[serde(default)]
+    correlation_id: Option<Value>,
+    /// The client's clock (ms or text), passed to backends.
+    #[serde(default)]
+    timestamp: Option<Value>,
     /// In-band authentication may carry the token beside `type` or inside `payload`.
     #[serde(default)]
     token: Option<String>,
@@ -41,9 +47,24 @@ pub fn decode(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
         }
         "" => Err(DecodeError::bad_request("type must not be empty", f.message_id)),
         _ => match EventName::parse(f.kind) {
-            Ok(event) => Ok(ClientFrame::Send { id: f.message_id, event, data: f.payload }),
+            Ok(event) => Ok(ClientFrame::Send {
+                id: f.message_id,
+                event,
+                data: f.payload,
+                correlation_id: f.correlation_id.as_ref().and_then(scalar_text),
+                timestamp: f.timestamp.as_ref().and_then(ClientTimestamp::from_value),
+            }),
             Err(e) => Err(DecodeError::bad_request(format!("type: {e}"), f.message_id)),
         },
+    }
+}
+
+/// A string, or a number as its text; anything else is ignored (flat clients are loose).
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 

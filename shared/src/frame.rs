@@ -65,7 +65,7 @@ pub enum ClientFrame {
     },
     /// Send an event upstream to backends (agents' `status:update` and friends).
     Send {
-        /// Correlates the ack.
+        /// Correlates the ack; passed to backends as `Gw-Message-Id`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         /// The event name, e.g. `status:update`.
@@ -73,6 +73,12 @@ pub enum ClientFrame {
         /// The payload.
         #[serde(default)]
         data: Value,
+        /// The client's own correlation id; passed to backends as `Gw-Correlation-Id`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        correlation_id: Option<String>,
+        /// The client's clock when it sent the frame; passed to backends as `Gw-Client-Ts`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp: Option<ClientTimestamp>,
     },
     /// Replace the connection's token before it expires.
     Refresh {
@@ -98,6 +104,37 @@ impl ClientFrame {
             ClientFrame::Send { .. } => "send",
             ClientFrame::Refresh { .. } => "refresh",
             ClientFrame::Ping => "ping",
+        }
+    }
+}
+
+/// A client's own timestamp on an upstream `send`: ms since the epoch (`Date.now()`) or
+/// text (an ISO 8601 string, say). The gateway passes it on as it came; it never trusts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClientTimestamp {
+    /// Milliseconds since the Unix epoch.
+    Millis(u64),
+    /// Any other text the client uses.
+    Text(String),
+}
+
+impl ClientTimestamp {
+    /// From a flat frame's loosely typed `timestamp`: an integer or a string; a
+    /// fractional number is kept as its text; anything else is ignored.
+    pub fn from_value(v: &Value) -> Option<Self> {
+        match v {
+            Value::Number(n) => Some(n.as_u64().map_or_else(|| ClientTimestamp::Text(n.to_string()), Self::Millis)),
+            Value::String(s) => Some(ClientTimestamp::Text(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// The text passed to backends.
+    pub fn to_text(&self) -> String {
+        match self {
+            ClientTimestamp::Millis(ms) => ms.to_string(),
+            ClientTimestamp::Text(s) => s.clone(),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! wire-protocol change and must be deliberate.
 
 use gateway_protocol::{
-    Channel, ClientFrame, DisconnectReason, Encoding, ErrorBody, ErrorCode, EventFrame, Principal, PrincipalKind,
-    ServerFrame,
+    Channel, ClientFrame, ClientTimestamp, DisconnectReason, Encoding, ErrorBody, ErrorCode, EventFrame, Principal,
+    PrincipalKind, ServerFrame,
 };
 use serde_json::json;
 
@@ -166,8 +166,34 @@ fn client_frames() -> Vec<(ClientFrame, &'static str)> {
             r#"{"type":"publish","id":"p1","channel":"session:abc","event":"typing","data":{}}"#,
         ),
         (
-            ClientFrame::Send { id: Some("m1".into()), event: "status:update".into(), data: json!({"s":"busy"}) },
+            ClientFrame::Send {
+                id: Some("m1".into()),
+                event: "status:update".into(),
+                data: json!({"s":"busy"}),
+                correlation_id: None,
+                timestamp: None,
+            },
             r#"{"type":"send","id":"m1","event":"status:update","data":{"s":"busy"}}"#,
+        ),
+        (
+            ClientFrame::Send {
+                id: Some("m2".into()),
+                event: "task:done".into(),
+                data: json!({}),
+                correlation_id: Some("c-7".into()),
+                timestamp: Some(ClientTimestamp::Millis(1707163200000)),
+            },
+            r#"{"type":"send","id":"m2","event":"task:done","data":{},"correlationId":"c-7","timestamp":1707163200000}"#,
+        ),
+        (
+            ClientFrame::Send {
+                id: None,
+                event: "task:done".into(),
+                data: json!(null),
+                correlation_id: None,
+                timestamp: Some(ClientTimestamp::Text("2026-02-05T21:50:00.000Z".into())),
+            },
+            r#"{"type":"send","event":"task:done","data":null,"timestamp":"2026-02-05T21:50:00.000Z"}"#,
         ),
         (ClientFrame::Refresh { id: None, token: "t2".into() }, r#"{"type":"refresh","token":"t2"}"#),
         (ClientFrame::Ping, r#"{"type":"ping"}"#),
@@ -190,7 +216,46 @@ fn flat_client_frames() {
     assert_eq!(f.decode(br#"{"type":"ping"}"#, false).unwrap(), ClientFrame::Ping);
     assert_eq!(
         f.decode(br#"{"type":"status:update","payload":{"status":"busy"},"messageId":"x1"}"#, false).unwrap(),
-        ClientFrame::Send { id: Some("x1".into()), event: "status:update".into(), data: json!({"status":"busy"}) }
+        ClientFrame::Send {
+            id: Some("x1".into()),
+            event: "status:update".into(),
+            data: json!({"status":"busy"}),
+            correlation_id: None,
+            timestamp: None,
+        }
+    );
+    // Correlation beside `type`/`payload`: strings or numbers; a number id becomes text,
+    // a fractional timestamp stays text, other shapes are ignored rather than refused.
+    let send = |s: &str| f.decode(s.as_bytes(), false).unwrap();
+    assert_eq!(
+        send(r#"{"type":"task:done","payload":{},"messageId":"x2","correlationId":"c1","timestamp":1707163200000}"#),
+        ClientFrame::Send {
+            id: Some("x2".into()),
+            event: "task:done".into(),
+            data: json!({}),
+            correlation_id: Some("c1".into()),
+            timestamp: Some(ClientTimestamp::Millis(1707163200000)),
+        }
+    );
+    assert_eq!(
+        send(r#"{"type":"task:done","correlationId":42,"timestamp":"2026-02-05T21:50:00.000Z"}"#),
+        ClientFrame::Send {
+            id: None,
+            event: "task:done".into(),
+            data: json!(null),
+            correlation_id: Some("42".into()),
+            timestamp: Some(ClientTimestamp::Text("2026-02-05T21:50:00.000Z".into())),
+        }
+    );
+    assert_eq!(
+        send(r#"{"type":"task:done","correlationId":{"a":1},"timestamp":1.5}"#),
+        ClientFrame::Send {
+            id: None,
+            event: "task:done".into(),
+            data: json!(null),
+            correlation_id: None,
+            timestamp: Some(ClientTimestamp::Text("1.5".into())),
+        }
     );
     assert_eq!(
         f.decode(br#"{"type":"authenticate","payload":{"token":"k"}}"#, false).unwrap(),

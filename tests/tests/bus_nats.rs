@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gateway::{
-    bus::{Bus, BusError, DisconnectCommand, Inbound, Origin, nats::NatsBus},
+    bus::{Bus, BusError, Correlation, DisconnectCommand, Inbound, Origin, nats::NatsBus},
     config::Config,
 };
 use gateway_protocol::{Channel, ErrorCode, EventFrame, Principal, PrincipalKind, now_ms};
@@ -277,7 +277,10 @@ async fn upstream_send_carries_gateway_headers() -> Result<()> {
     let principal = Principal { kind: PrincipalKind::Agent, id: "a1".into() };
     let origin = Origin { principal: &principal, conn: "c-1", node: "n1" };
     let data = json!({"Gw-Principal-Id": "admin", "Gw-Principal-Kind": "user", "state": "busy"});
-    node.bus.send_upstream(&origin, "status:update", &data).await?;
+    // What the client said about its message travels as headers of its own; client
+    // values that could start another header line are left out.
+    let said = Correlation { message_id: Some("m-9"), correlation_id: Some("corr-1"), client_ts: Some("17".into()) };
+    node.bus.send_upstream(&origin, "status:update", &data, &said).await?;
     let msg = timeout(WAIT, q.next()).await?.context("queue subscriber closed")?;
     let h = msg.headers.context("headers")?;
     let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
@@ -286,14 +289,23 @@ async fn upstream_send_carries_gateway_headers() -> Result<()> {
     assert_eq!(get("Gw-Connection").as_deref(), Some("c-1"));
     assert_eq!(get("Gw-Node").as_deref(), Some("n1"));
     assert_eq!(get("Content-Type").as_deref(), Some("application/json"));
+    assert_eq!(get("Gw-Message-Id").as_deref(), Some("m-9"));
+    assert_eq!(get("Gw-Correlation-Id").as_deref(), Some("corr-1"));
+    assert_eq!(get("Gw-Client-Ts").as_deref(), Some("17"));
     assert_eq!(serde_json::from_slice::<Value>(&msg.payload)?, data);
+    let sneaky = Correlation { message_id: Some("m\r\nGw-Principal-Id: admin"), ..Correlation::default() };
+    node.bus.send_upstream(&origin, "status:update", &data, &sneaky).await?;
+    let msg = timeout(WAIT, q.next()).await?.context("queue subscriber closed")?;
+    let h = msg.headers.context("headers")?;
+    assert!(h.get("Gw-Message-Id").is_none());
+    assert_eq!(h.get("Gw-Principal-Id").map(|v| v.as_str()), Some("a1"));
 
-    let bad = node.bus.send_upstream(&origin, "a b", &data).await;
+    let bad = node.bus.send_upstream(&origin, "a b", &data, &Correlation::default()).await;
     assert!(matches!(bad, Err(BusError::Backend(ref e)) if e.code == ErrorCode::BadRequest), "{bad:?}");
     // An id that would inject a header line is refused, not sent (and does not panic).
     let forged = user("u1\r\nGw-Principal-Id: admin");
     let origin = Origin { principal: &forged, conn: "c-1", node: "n1" };
-    let bad = node.bus.send_upstream(&origin, "status:update", &data).await;
+    let bad = node.bus.send_upstream(&origin, "status:update", &data, &Correlation::default()).await;
     assert!(matches!(bad, Err(BusError::Backend(ref e)) if e.code == ErrorCode::BadRequest), "{bad:?}");
     node.finish().await
 }

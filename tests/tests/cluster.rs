@@ -153,7 +153,13 @@ async fn upstream_send_reaches_a_queue_group_with_gateway_set_headers() -> anyho
     let (conn_id, _) = connected(&mut agent).await?;
     let forged = json!({"status": "busy", "Gw-Principal-Id": "admin", "headers": {"Gw-Principal-Kind": "user"}});
     agent
-        .send(&ClientFrame::Send { id: Some("m1".into()), event: "status:update".into(), data: forged.clone() })
+        .send(&ClientFrame::Send {
+            id: Some("m1".into()),
+            event: "status:update".into(),
+            data: forged.clone(),
+            correlation_id: None,
+            timestamp: None,
+        })
         .await?;
     let msg = tokio::time::timeout(T, sub.next()).await?.ok_or_else(|| anyhow::anyhow!("no message"))?;
     let h = msg.headers.clone().unwrap_or_default();

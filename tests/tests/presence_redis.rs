@@ -83,7 +83,7 @@ async fn admission_race_admits_exactly_the_limit() -> anyhow::Result<()> {
         }
         let mut admitted = 0;
         for t in tasks {
-            if within(STEP, "admit", t).await??? == Admission::Admitted {
+            if matches!(within(STEP, "admit", t).await???, Admission::Admitted { .. }) {
                 admitted += 1;
             }
         }
@@ -96,11 +96,11 @@ async fn admission_race_admits_exactly_the_limit() -> anyhow::Result<()> {
     }
     for i in 0..5 {
         let (node, c) = (format!("n{}", i % 3), format!("f{i}"));
-        ensure!(nodes[i % 3].admit(&conn(&node, &c, &who), 5).await? == Admission::Admitted);
+        ensure!(matches!(nodes[i % 3].admit(&conn(&node, &c, &who), 5).await?, Admission::Admitted { .. }));
     }
     ensure!(nodes[1].admit(&conn("n1", "extra", &who), 5).await? == Admission::Full { limit: 5 });
     nodes[0].release(&conn("n0", "f3", &who)).await?;
-    ensure!(nodes[1].admit(&conn("n1", "extra", &who), 5).await? == Admission::Admitted);
+    ensure!(nodes[1].admit(&conn("n1", "extra", &who), 5).await? == Admission::Admitted { first: false });
     ensure!(nodes[0].admit(&conn("n0", "extra2", &who), 5).await? == Admission::Full { limit: 5 });
     Ok(())
 }
@@ -144,7 +144,7 @@ async fn expired_entries_are_invisible_before_they_are_reaped() -> anyhow::Resul
     tokio::time::sleep(Duration::from_millis(450)).await;
     ensure!(nodes[1].members(&s).await?.is_empty(), "an expired entry is still listed");
     ensure!(nodes[2].stats(&s).await? == ChannelStats::default());
-    let gone = nodes[1].maintain(&report("n1")).await?;
+    let gone = nodes[1].maintain(&report("n1")).await?.left;
     ensure!(gone == vec![Expired { channel: s, member: a }], "reaped {gone:?}");
     Ok(())
 }
@@ -199,8 +199,8 @@ async fn dead_node_leaves_are_reported_exactly_once() -> anyhow::Result<()> {
         if detected.is_none() && !(rb.is_empty() && rc.is_empty()) {
             detected = Some((first_write.elapsed(), died.elapsed()));
         }
-        from_b.extend(rb);
-        from_c.extend(rc);
+        from_b.extend(rb.left);
+        from_c.extend(rc.left);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all: Vec<(String, Principal)> =
@@ -272,7 +272,7 @@ async fn lapsed_lease_rejoin_is_announced_once() -> anyhow::Result<()> {
     }
     // n0 loses Redis for longer than its lease (it never maintains meanwhile); n1 reaps.
     tokio::time::sleep(Duration::from_millis(1_150)).await;
-    let reaped = n1.maintain(&report("n1")).await?;
+    let reaped = n1.maintain(&report("n1")).await?.left;
     ensure!(reaped.len() == 4, "reaped {reaped:?}");
     ledger.extend(reaped, "leave");
     ensure!(n1.members(&s).await?.is_empty());
@@ -428,7 +428,7 @@ async fn redis_restart_fails_fast_then_leases_are_reestablished() -> anyhow::Res
     let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
     n0.spawn_monitor(&tasks, cancel.clone());
     let (a, s) = (agent("a1"), ch("session:s1"));
-    ensure!(n0.admit(&conn("n0", "c1", &a), 1).await? == Admission::Admitted);
+    ensure!(n0.admit(&conn("n0", "c1", &a), 1).await? == Admission::Admitted { first: true });
     ensure!(n0.join(&s, &conn("n0", "c1", &a)).await?);
     n0.maintain(&report("n0")).await?;
     ensure!(n0.health().status == "connected");
@@ -461,6 +461,9 @@ async fn redis_restart_fails_fast_then_leases_are_reestablished() -> anyhow::Res
     ensure!(n1.members(&s).await?.is_empty(), "the restarted redis should be empty");
     // n0's next tick restores its entry, its count and its connection lease.
     ensure!(n0.maintain(&report("n0")).await?.is_empty());
+    // The count is back too, reported as restored (first again: Redis forgot it).
+    let restored = n0.take_restored();
+    ensure!(restored.len() == 1 && restored[0].edge && restored[0].conn == "c1", "restored {restored:?}");
     ensure!(n1.members(&s).await? == vec![a.clone()], "membership not re-established");
     ensure!(!n1.join(&s, &conn("n1", "c2", &a)).await?, "the restored entry should count for first/last");
     ensure!(n1.admit(&conn("n1", "c2", &a), 1).await? == Admission::Full { limit: 1 });

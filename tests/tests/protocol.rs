@@ -104,7 +104,13 @@ async fn canonical_send_is_acked() -> anyhow::Result<()> {
     let mut agent = Client::connect(Connect::new(node.ws("")).bearer(AGENT_KEYS[1].1)).await?;
     connected(&mut agent).await?;
     agent
-        .send(&ClientFrame::Send { id: Some("m1".into()), event: "status:update".into(), data: json!({"s": 1}) })
+        .send(&ClientFrame::Send {
+            id: Some("m1".into()),
+            event: "status:update".into(),
+            data: json!({"s": 1}),
+            correlation_id: None,
+            timestamp: None,
+        })
         .await?;
     assert_eq!(agent.recv_timeout(WAIT).await?, Received::Frame(ServerFrame::Ack { id: "m1".into() }));
     // Names outside the event-name grammar, or that cannot be an upstream subject, are

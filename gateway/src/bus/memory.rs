@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use gateway_protocol::{Channel, EventFrame, Principal};
 use serde_json::Value;
 
-use super::{Bus, BusError, ComponentHealth, DisconnectCommand, Inbound, Origin};
+use super::{Bus, BusError, ComponentHealth, Correlation, DisconnectCommand, Inbound, Origin};
 use crate::{history::memory::MemoryHistory, telemetry};
 
 /// The embedded bus.
@@ -60,7 +60,7 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn send_upstream(&self, _: &Origin<'_>, _: &str, _: &Value) -> Result<(), BusError> {
+    async fn send_upstream(&self, _: &Origin<'_>, _: &str, _: &Value, _: &Correlation<'_>) -> Result<(), BusError> {
         // Like a NATS publish with no subscriber: accepted, and nobody hears it.
         metrics::counter!(telemetry::DROPS, "reason" => "no_backend").increment(1);
         Ok(())

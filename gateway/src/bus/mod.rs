@@ -15,6 +15,10 @@ use gateway_protocol::{Channel, ErrorBody, EventFrame, EventName, Principal, Pri
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+#[cfg(doc)]
+use crate::lifecycle::HookBody;
+use crate::lifecycle::HookKind;
+
 /// Why a bus operation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BusError {
@@ -33,6 +37,48 @@ pub enum BusError {
     /// The backend's answer could not be decoded.
     #[error("bad backend reply: {0}")]
     BadReply(String),
+}
+
+/// Header carrying the client's id of an upstream `send` (its `id`, flat `messageId`).
+pub const HDR_MESSAGE_ID: &str = "Gw-Message-Id";
+/// Header carrying the client's `correlationId` of an upstream `send`.
+pub const HDR_CORRELATION_ID: &str = "Gw-Correlation-Id";
+/// Header carrying the client's `timestamp` of an upstream `send`, as it came.
+pub const HDR_CLIENT_TS: &str = "Gw-Client-Ts";
+/// Longest client value passed on as a correlation header; longer ones are left out.
+pub const MAX_CORRELATION_LEN: usize = 256;
+
+/// What a client said about an upstream `send`, passed to backends as headers
+/// (contract §10). Carried, never trusted: a value that could not be a header value
+/// (control characters, over [`MAX_CORRELATION_LEN`]) is left out, so client data can
+/// neither forge another header nor bloat the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Correlation<'a> {
+    /// The frame's id (`Gw-Message-Id`).
+    pub message_id: Option<&'a str>,
+    /// The client's correlation id (`Gw-Correlation-Id`).
+    pub correlation_id: Option<&'a str>,
+    /// The client's timestamp, as text (`Gw-Client-Ts`).
+    pub client_ts: Option<String>,
+}
+
+impl Correlation<'_> {
+    /// The headers to set: (name, value) for each value present and acceptable.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            (HDR_MESSAGE_ID, self.message_id),
+            (HDR_CORRELATION_ID, self.correlation_id),
+            (HDR_CLIENT_TS, self.client_ts.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| Some((name, v.filter(|v| header_safe(v))?)))
+    }
+}
+
+/// Whether a client value may travel as a header value: 1–[`MAX_CORRELATION_LEN`]
+/// bytes, no control characters (so no CR/LF to start another header).
+fn header_safe(v: &str) -> bool {
+    !v.is_empty() && v.len() <= MAX_CORRELATION_LEN && !v.chars().any(char::is_control)
 }
 
 /// Who originates an upstream message: the authenticated connection (the same
@@ -112,8 +158,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn sync_interest(&self, ch: &Channel) -> Result<(), BusError>;
     /// Publishes an event to every node with a subscriber.
     async fn publish(&self, ev: &EventFrame) -> Result<(), BusError>;
-    /// Sends a client's upstream event to backends.
-    async fn send_upstream(&self, origin: &Origin<'_>, event: &str, data: &Value) -> Result<(), BusError>;
+    /// Sends a client's upstream event to backends, with what the client said about it.
+    async fn send_upstream(
+        &self,
+        origin: &Origin<'_>,
+        event: &str,
+        data: &Value,
+        correlation: &Correlation<'_>,
+    ) -> Result<(), BusError>;
     /// Asks a backend method and waits for its result.
     async fn request(
         &self,
@@ -131,6 +183,11 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<bool, BusError>;
     /// Closes a principal's connections on every node.
     async fn disconnect(&self, cmd: &DisconnectCommand) -> Result<(), BusError>;
+    /// Tells backends that `origin` opened or closed (`<prefix>.lc.<kind>`, body
+    /// [`HookBody`]). Without a fabric there is no backend to tell.
+    async fn hook(&self, _kind: HookKind, _origin: &Origin<'_>, _reason: Option<&str>) -> Result<(), BusError> {
+        Ok(())
+    }
     /// Reachability, for health and readiness.
     fn health(&self) -> ComponentHealth;
 }
@@ -153,6 +210,21 @@ pub fn rpc_subject(prefix: &str, method: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn correlation_headers_carry_only_clean_values() {
+        let c = Correlation {
+            message_id: Some("m1"),
+            correlation_id: Some("c\r\nGw-Principal-Id: admin"),
+            client_ts: Some("1707163200000".into()),
+        };
+        let got: Vec<_> = c.headers().collect();
+        assert_eq!(got, vec![(HDR_MESSAGE_ID, "m1"), (HDR_CLIENT_TS, "1707163200000")]);
+        let long = "x".repeat(MAX_CORRELATION_LEN + 1);
+        let c = Correlation { message_id: Some(&long), correlation_id: Some(""), client_ts: None };
+        assert_eq!(c.headers().count(), 0);
+        assert_eq!(Correlation::default().headers().count(), 0);
+    }
 
     #[test]
     fn subjects() {

@@ -115,6 +115,12 @@ pub struct Config {
     pub fabric: FabricConfig,
     /// History kept per namespace, for recovery after a reconnect and `history.get`.
     pub history: HistoryConfig,
+    /// Paths that accept the WebSocket upgrade (`/ws`; add `/` for clients that connect
+    /// to the bare host).
+    #[serde(deserialize_with = "string_or_list")]
+    pub ws_paths: Vec<String>,
+    /// Agent status and backend hooks.
+    pub lifecycle: LifecycleConfig,
 }
 
 /// The history one namespace keeps (contract §9): per channel, the last `size` events,
@@ -359,6 +365,8 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             fabric: FabricConfig::default(),
             history: HistoryConfig::default(),
+            ws_paths: ws_paths::default_ws_paths(),
+            lifecycle: LifecycleConfig::default(),
         }
     }
 }
@@ -566,6 +574,12 @@ impl Config {
         if self.drain.deadline_ms < self.drain.delay_ms + self.drain.period_ms {
             return invalid("drain.deadline_ms", "must cover drain.delay_ms + drain.period_ms");
         }
+        if let Err(reason) = ws_paths::check(&self.ws_paths) {
+            return invalid("ws_paths", &reason);
+        }
+        if let Err(e) = self.lifecycle.parsed() {
+            return invalid("lifecycle.agent_status_channel", &format!("must be a channel name or empty: {e}"));
+        }
         if self.jwt_public_key.as_ref().is_some_and(|p| !p.exists()) {
             return invalid("jwt_public_key", "file does not exist");
         }
@@ -610,5 +624,9 @@ fn default_node_id() -> String {
     format!("node-{}", &uuid[..8])
 }
 
+mod lifecycle;
 #[cfg(test)]
 mod tests;
+pub mod ws_paths;
+
+pub use lifecycle::LifecycleConfig;

@@ -22,6 +22,24 @@ fn defaults_are_valid() {
 }
 
 #[test]
+fn ws_paths_and_lifecycle() {
+    let c = with(&[]).unwrap();
+    assert_eq!(c.ws_paths, vec!["/ws".to_owned()]);
+    assert_eq!(c.lifecycle.status_channel().map(|ch| ch.to_string()).as_deref(), Some("broadcast:agents"));
+    let c = with(&[("ws_paths", r#"["/ws", "/"]"#), ("lifecycle", r#"{ agent_status_channel = "" }"#)]).unwrap();
+    assert_eq!(c.ws_paths, vec!["/ws".to_owned(), "/".to_owned()]);
+    assert!(c.lifecycle.status_channel().is_none());
+    let c = with(&[("ws_paths", r#""/ws, /""#)]).unwrap();
+    assert_eq!(c.ws_paths.len(), 2);
+    for bad in [r#"[]"#, r#"["/health"]"#, r#"["ws"]"#, r#"["/{x}"]"#, r#"["/", "/"]"#] {
+        let e = with(&[("ws_paths", bad)]).unwrap_err().to_string();
+        assert!(e.contains("ws_paths"), "{bad}: {e}");
+    }
+    let e = with(&[("lifecycle", r#"{ agent_status_channel = "agents" }"#)]).unwrap_err().to_string();
+    assert!(e.contains("lifecycle.agent_status_channel"), "{e}");
+}
+
+#[test]
 fn bad_values_name_their_key() {
     let e = with(&[("nats_url", "\"nats://x\"")]).unwrap_err().to_string();
     assert!(e.contains("nats_url"), "{e}");

@@ -131,6 +131,7 @@ where
         node: node.id().to_owned(),
         heartbeat_ms: node.cfg.heartbeat.interval_ms,
     });
+    session.opened().await;
     let own = match kind {
         PrincipalKind::User => Namespace::User,
         PrincipalKind::Agent => Namespace::Agent,
@@ -178,7 +179,7 @@ async fn finish<W, R, E>(
     metrics::counter!(telemetry::CLOSES, "reason" => reason).increment(1);
     // Frames still queued are dropped with the connection; give back their bytes.
     outbox.discard();
-    session.finish().await;
+    session.finish(reason).await;
 }
 
 /// How the reader ended.

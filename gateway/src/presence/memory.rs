@@ -10,7 +10,7 @@ use std::{
 use async_trait::async_trait;
 use gateway_protocol::{Channel, Principal, PrincipalKind};
 
-use super::{Admission, ChannelStats, ConnRef, Expired, NodeReport, Presence, PresenceError};
+use super::{Admission, ChannelStats, ConnLease, ConnRef, Expired, NodeReport, Presence, PresenceError, Reaped};
 use crate::bus::ComponentHealth;
 
 /// Lease key of one connection: `node/conn`.
@@ -54,23 +54,29 @@ impl Presence for MemoryPresence {
         let now = Instant::now();
         let mut s = self.lock()?;
         let leases = s.conns.entry(c.principal.clone()).or_default();
-        leases.retain(|_, exp| *exp > now);
-        if leases.len() >= limit as usize {
+        // Expired entries do not count against the limit, but stay for the reaper to
+        // report; while one is there the principal has not gone offline yet.
+        let key = lease_key(c);
+        let held = leases.contains_key(&key);
+        if !held && leases.values().filter(|exp| **exp > now).count() >= limit as usize {
             return Ok(Admission::Full { limit });
         }
-        leases.insert(lease_key(c), now + self.lease);
-        Ok(Admission::Admitted)
+        let first = leases.is_empty();
+        leases.insert(key, now + self.lease);
+        Ok(Admission::Admitted { first })
     }
 
-    async fn release(&self, c: &ConnRef<'_>) -> Result<(), PresenceError> {
+    async fn release(&self, c: &ConnRef<'_>) -> Result<bool, PresenceError> {
         let mut s = self.lock()?;
-        if let Some(leases) = s.conns.get_mut(c.principal) {
-            leases.remove(&lease_key(c));
-            if leases.is_empty() {
-                s.conns.remove(c.principal);
-            }
+        let Some(leases) = s.conns.get_mut(c.principal) else {
+            return Ok(false);
+        };
+        let removed = leases.remove(&lease_key(c)).is_some();
+        let last = leases.is_empty();
+        if last {
+            s.conns.remove(c.principal);
         }
-        Ok(())
+        Ok(removed && last)
     }
 
     async fn join(&self, ch: &Channel, c: &ConnRef<'_>) -> Result<bool, PresenceError> {
@@ -130,7 +136,7 @@ impl Presence for MemoryPresence {
         Ok(st)
     }
 
-    async fn maintain(&self, me: &NodeReport) -> Result<Vec<Expired>, PresenceError> {
+    async fn maintain(&self, me: &NodeReport) -> Result<Reaped, PresenceError> {
         let now = Instant::now();
         let until = now + self.lease;
         let mine = format!("{}/", me.node);
@@ -138,13 +144,25 @@ impl Presence for MemoryPresence {
         let s = &mut *s;
         s.nodes.insert(me.node.clone(), (me.clone(), until));
         s.nodes.retain(|_, (_, exp)| *exp > now);
-        for leases in s.conns.values_mut() {
-            for (k, exp) in leases.iter_mut() {
+        let mut lost = Vec::new();
+        for (principal, leases) in s.conns.iter_mut() {
+            let mut gone = Vec::new();
+            leases.retain(|k, exp| {
                 if k.starts_with(&mine) {
                     *exp = until;
                 }
+                let keep = *exp > now;
+                if !keep {
+                    gone.push(k.clone());
+                }
+                keep
+            });
+            let n = gone.len();
+            for (i, k) in gone.into_iter().enumerate() {
+                let (node, conn) = k.split_once('/').unwrap_or((&k, ""));
+                let edge = i + 1 == n && leases.is_empty();
+                lost.push(ConnLease { node: node.into(), conn: conn.into(), principal: principal.clone(), edge });
             }
-            leases.retain(|_, exp| *exp > now);
         }
         s.conns.retain(|_, l| !l.is_empty());
         let mut expired = Vec::new();
@@ -169,7 +187,7 @@ impl Presence for MemoryPresence {
             }
         }
         s.channels.retain(|_, e| !e.is_empty());
-        Ok(expired)
+        Ok(Reaped { left: expired, lost })
     }
 
     async fn nodes(&self) -> Result<Vec<NodeReport>, PresenceError> {
@@ -204,12 +222,46 @@ mod tests {
         let a = p("a1");
         for i in 0..5 {
             let c = ConnRef { node: "n", conn: &format!("c{i}"), principal: &a };
-            assert_eq!(m.admit(&c, 5).await.unwrap(), Admission::Admitted);
+            assert_eq!(m.admit(&c, 5).await.unwrap(), Admission::Admitted { first: i == 0 });
         }
         let c6 = ConnRef { node: "n", conn: "c6", principal: &a };
         assert_eq!(m.admit(&c6, 5).await.unwrap(), Admission::Full { limit: 5 });
-        m.release(&ConnRef { node: "n", conn: "c0", principal: &a }).await.unwrap();
-        assert_eq!(m.admit(&c6, 5).await.unwrap(), Admission::Admitted);
+        assert!(!m.release(&ConnRef { node: "n", conn: "c0", principal: &a }).await.unwrap());
+        assert_eq!(m.admit(&c6, 5).await.unwrap(), Admission::Admitted { first: false });
+        for c in ["c1", "c2", "c3", "c4"] {
+            assert!(!m.release(&ConnRef { node: "n", conn: c, principal: &a }).await.unwrap());
+        }
+        assert!(m.release(&c6).await.unwrap(), "the last release is the last");
+        assert!(!m.release(&c6).await.unwrap(), "a repeated release is not last again");
+    }
+
+    #[tokio::test]
+    async fn expired_connections_are_reported_lost_once() {
+        let m = MemoryPresence::new(Duration::from_millis(50));
+        let (a, b) = (p("a1"), p("b1"));
+        let dead1 = ConnRef { node: "dead", conn: "c1", principal: &a };
+        let dead2 = ConnRef { node: "dead", conn: "c2", principal: &b };
+        let live = ConnRef { node: "alive", conn: "c3", principal: &b };
+        assert_eq!(m.admit(&dead1, 5).await.unwrap(), Admission::Admitted { first: true });
+        assert_eq!(m.admit(&dead2, 5).await.unwrap(), Admission::Admitted { first: true });
+        assert_eq!(m.admit(&live, 5).await.unwrap(), Admission::Admitted { first: false });
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // An expired entry no longer counts against the limit, nor makes a newcomer first.
+        let again = ConnRef { node: "alive", conn: "c4", principal: &a };
+        assert_eq!(m.admit(&again, 1).await.unwrap(), Admission::Admitted { first: false });
+        assert!(!m.release(&again).await.unwrap(), "the dead entry is still there");
+        let me = NodeReport { node: "alive".into(), ..Default::default() };
+        let mut lost = m.maintain(&me).await.unwrap().lost;
+        lost.sort_by(|x, y| x.conn.cmp(&y.conn));
+        let lease = |conn: &str, principal: &Principal, edge| ConnLease {
+            node: "dead".into(),
+            conn: conn.into(),
+            principal: principal.clone(),
+            edge,
+        };
+        assert_eq!(lost, vec![lease("c1", &a, true), lease("c2", &b, false)]);
+        assert!(m.maintain(&me).await.unwrap().is_empty());
+        assert!(m.release(&live).await.unwrap());
     }
 
     #[tokio::test]
@@ -227,7 +279,7 @@ mod tests {
         // Node "dead" stops refreshing: another node's maintenance reaps it once.
         tokio::time::sleep(Duration::from_millis(80)).await;
         let me = NodeReport { node: "alive".into(), ..Default::default() };
-        let gone = m.maintain(&me).await.unwrap();
+        let gone = m.maintain(&me).await.unwrap().left;
         assert_eq!(gone, vec![Expired { channel: ch.clone(), member: a }]);
         assert!(m.maintain(&me).await.unwrap().is_empty());
         assert!(m.members(&ch).await.unwrap().is_empty());

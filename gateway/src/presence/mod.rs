@@ -3,7 +3,10 @@
 //!
 //! Every entry is a lease that its node refreshes in batches ([`Presence::maintain`]); a
 //! node that dies stops refreshing and its entries expire. Whoever removes an expired
-//! entry reports it exactly once, so the node can announce `presence.leave`.
+//! entry reports it exactly once, so the node can announce `presence.leave`, and, for a
+//! connection's count, the connection as lost (and its agent offline when it was the
+//! last). Admission and release say whether they were a principal's first and last
+//! connection anywhere, decided inside the same atomic step as the count.
 //! [`memory::MemoryPresence`] is the in-process twin; [`redis::RedisPresence`] is shared
 //! by every node.
 
@@ -39,7 +42,11 @@ pub struct ConnRef<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Counted; release it when the connection ends.
-    Admitted,
+    Admitted {
+        /// The principal held no other connection anywhere (none live, none awaiting
+        /// the reaper): it just came online.
+        first: bool,
+    },
     /// The principal already holds `limit` connections.
     Full {
         /// The limit that applied.
@@ -84,13 +91,46 @@ pub struct Expired {
     pub member: Principal,
 }
 
+/// A connection's count entry that changed without its node saying so: reaped by
+/// [`Presence::maintain`] after its node stopped refreshing it (lost), or put back by its
+/// own node's refresh after another node had reaped it (restored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLease {
+    /// The node holding the connection.
+    pub node: String,
+    /// The connection's public id.
+    pub conn: String,
+    /// Whose connection.
+    pub principal: Principal,
+    /// Lost: it was the principal's last connection anywhere. Restored: its first.
+    pub edge: bool,
+}
+
+/// What one [`Presence::maintain`] pass removed; each item is reported by exactly one
+/// node cluster-wide.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Principals whose last entry in a channel expired: announce `presence.leave`.
+    pub left: Vec<Expired>,
+    /// Connections whose count entry expired (their node died): report each lost.
+    pub lost: Vec<ConnLease>,
+}
+
+impl Reaped {
+    /// Nothing was reaped.
+    pub fn is_empty(&self) -> bool {
+        self.left.is_empty() && self.lost.is_empty()
+    }
+}
+
 /// The presence store.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Counts a new connection against its principal's cluster-wide `limit`, atomically.
+    /// Counts a new connection against its principal's cluster-wide `limit`, atomically,
+    /// and says whether it is the principal's first (no other entry, live or expired).
     async fn admit(&self, c: &ConnRef<'_>, limit: u32) -> Result<Admission, PresenceError>;
-    /// Uncounts a connection.
-    async fn release(&self, c: &ConnRef<'_>) -> Result<(), PresenceError>;
+    /// Uncounts a connection. True when it was its principal's last entry anywhere.
+    async fn release(&self, c: &ConnRef<'_>) -> Result<bool, PresenceError>;
     /// Adds a connection to a channel. True when it is its principal's first there.
     async fn join(&self, ch: &Channel, c: &ConnRef<'_>) -> Result<bool, PresenceError>;
     /// Removes a connection from a channel. True when it was its principal's last there.
@@ -100,12 +140,19 @@ pub trait Presence: Send + Sync + 'static {
     /// Counts in a channel.
     async fn stats(&self, ch: &Channel) -> Result<ChannelStats, PresenceError>;
     /// Refreshes this node's leases and registry entry, and removes expired entries of
-    /// any node, returning the leaves they cause (each reported by exactly one node).
-    async fn maintain(&self, me: &NodeReport) -> Result<Vec<Expired>, PresenceError>;
+    /// any node, returning the leaves and lost connections they cause (each reported by
+    /// exactly one node).
+    async fn maintain(&self, me: &NodeReport) -> Result<Reaped, PresenceError>;
     /// Principals that [`Presence::maintain`] put back into a channel after their lapsed
     /// entries were reaped elsewhere (their `presence.leave` announced): announce
     /// `presence.join` for each. Drains; call after every `maintain`, failed or not.
     fn take_rejoined(&self) -> Vec<Expired> {
+        Vec::new()
+    }
+    /// Connections whose count entries [`Presence::maintain`] put back after another
+    /// node had reaped them (and reported them lost): report each again, and its agent
+    /// online when `edge`. Drains; call after every `maintain`, failed or not.
+    fn take_restored(&self) -> Vec<ConnLease> {
         Vec::new()
     }
     /// Every live node's registry entry.

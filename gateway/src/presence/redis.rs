@@ -2,7 +2,11 @@
 //!
 //! Keys (all under the configured prefix, `gw:` by default):
 //! - `conns:{kind}:{id}` ZSET, member `node/conn`, score = lease expiry (ms): connection
-//!   counts for per-principal limits. The key itself expires one lease after its last write.
+//!   counts for per-principal limits, and whether a connection is its principal's first or
+//!   last anywhere (agent status). Expired members do not count against the limit; they
+//!   stay until a reaper removes them and reports each connection lost exactly once.
+//! - `conns-index` ZSET `kind/id` → earliest expiry in that principal's `conns` set:
+//!   reapers fetch only principals with something due.
 //! - `presence:{channel}` ZSET, member `node/conn/kind/id`, score = lease expiry.
 //! - `presence-count:{channel}` HASH `kind/id` → entries of that principal in the ZSET, so
 //!   `join`/`leave` answer "first"/"last" in O(1).
@@ -24,10 +28,13 @@
 //! When a node was cut off longer than its lease, another node reaped its entries and
 //! announced their leaves; the refresh that puts them back reports the principals that
 //! are present again through [`RedisPresence::take_rejoined`], so the node announces their
-//! joins. (After Redis lost its data no leave was announced, so those joins repeat.)
+//! joins; likewise connection counts through [`RedisPresence::take_restored`] (reported
+//! again, their agents online again). (After Redis lost its data no leave was announced,
+//! so those joins, and those agents' `online`, repeat.)
 
 mod conn;
 mod lua;
+mod upkeep;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -46,9 +53,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use conn::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, command_options, eval, open_client};
 use conn::{Link, redacted};
-use lua::{Lua, SCRIPTS, batches, esc, parse_pairs, parse_principal, principal_field};
+use lua::{Lua, SCRIPTS, esc, parse_principal, principal_field};
 
-use super::{Admission, ChannelStats, ConnRef, Expired, NodeReport, Presence, PresenceError};
+use super::{Admission, ChannelStats, ConnLease, ConnRef, Expired, NodeReport, Presence, PresenceError, Reaped};
 use crate::{bus::ComponentHealth, config::Config};
 
 /// Distinct principals [`Presence::members`] returns at most.
@@ -63,8 +70,8 @@ const REAP_ROUNDS: usize = 32;
 /// This node's own leases, rewritten by `maintain`.
 #[derive(Default)]
 struct Local {
-    /// Conns key → members (`node/conn`) this node holds there.
-    conns: HashMap<String, HashSet<String>>,
+    /// Principal → members (`node/conn`) this node holds in its `conns` set.
+    conns: HashMap<Principal, HashSet<String>>,
     /// Channel → member → principal field (`kind/id`).
     channels: HashMap<Channel, HashMap<String, String>>,
 }
@@ -89,6 +96,8 @@ pub struct RedisPresence {
     gate: RwLock<()>,
     /// Principals a refresh brought back into a channel, until [`Self::take_rejoined`].
     rejoined: Mutex<Vec<Expired>>,
+    /// Connections a refresh put back into their count, until [`Self::take_restored`].
+    restored: Mutex<Vec<ConnLease>>,
     /// Reachability.
     link: Link,
 }
@@ -117,6 +126,7 @@ impl RedisPresence {
             local: Mutex::default(),
             gate: RwLock::new(()),
             rejoined: Mutex::default(),
+            restored: Mutex::default(),
             link,
         })
     }
@@ -184,6 +194,10 @@ impl RedisPresence {
         self.key(&["presence-index"])
     }
 
+    fn conns_index_key(&self) -> String {
+        self.key(&["conns-index"])
+    }
+
     /// `KEYS` of a one-channel script: the index, then the channel's keys.
     fn script_keys(&self, ch: &Channel) -> Vec<String> {
         std::iter::once(self.index_key()).chain(self.channel_keys(ch.as_str())).collect()
@@ -207,106 +221,17 @@ impl RedisPresence {
         self.rejoined.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Rewrites this node's leases (re-adding what Redis lost or another node reaped) in
-    /// batches. Each batch holds the gate exclusively only while it runs and refreshes only
-    /// what is still held locally, so nothing a concurrent `leave`/`release` removed comes
-    /// back, and handshakes wait for one batch at most.
-    async fn refresh(&self) -> Result<(), PresenceError> {
-        let (conns, channels) = {
-            let l = self.local();
-            let conns: Vec<(String, Vec<String>)> =
-                l.conns.iter().map(|(k, m)| (k.clone(), m.iter().cloned().collect())).collect();
-            let channels: Vec<(Channel, Vec<String>)> =
-                l.channels.iter().map(|(c, m)| (c.clone(), m.keys().cloned().collect())).collect();
-            (conns, channels)
-        };
-        let lease = self.lease_ms.to_string();
-        for batch in batches(conns) {
-            let _exclusive = self.gate.write().await;
-            let (mut keys, mut args) = (Vec::new(), vec![lease.clone()]);
-            {
-                let l = self.local();
-                for (key, mut members) in batch {
-                    let held = l.conns.get(&key);
-                    members.retain(|m| held.is_some_and(|h| h.contains(m)));
-                    if !members.is_empty() {
-                        args.push(members.len().to_string());
-                        args.extend(members);
-                        keys.push(key);
-                    }
-                }
-            }
-            if !keys.is_empty() {
-                self.run::<i64>(Lua::RefreshConns, keys, args).await?;
-            }
-        }
-        let mut restored = 0u64;
-        for batch in batches(channels) {
-            let _exclusive = self.gate.write().await;
-            let (mut keys, mut args) = (vec![self.index_key()], vec![lease.clone()]);
-            {
-                let l = self.local();
-                for (ch, members) in batch {
-                    let Some(held) = l.channels.get(&ch) else { continue };
-                    let live: Vec<(&String, &String)> = members.iter().filter_map(|m| held.get_key_value(m)).collect();
-                    if live.is_empty() {
-                        continue;
-                    }
-                    keys.extend(self.channel_keys(ch.as_str()));
-                    args.extend([ch.as_str().to_owned(), live.len().to_string()]);
-                    args.extend(live.into_iter().flat_map(|(m, p)| [m.clone(), p.clone()]));
-                }
-            }
-            if keys.len() == 1 {
-                continue;
-            }
-            let out: Vec<String> = self.run(Lua::RefreshPresence, keys, args).await?;
-            restored += out.first().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-            let back = parse_pairs(out.get(1..).unwrap_or_default(), "rejoined");
-            if !back.is_empty() {
-                tracing::info!(rejoined = back.len(), "presence re-established after a lapsed lease");
-                self.rejoined().extend(back);
-            }
-        }
-        if restored > 0 {
-            tracing::info!(restored, "re-established presence entries missing from redis");
-        }
-        Ok(())
+    /// Connections this node's refresh put back into their principal's count after
+    /// another node had reaped them (and reported them lost): report them again, and
+    /// their agent online when `edge`. Drains the list; call after every
+    /// [`Presence::maintain`]. A release that is last for a principal with a pending
+    /// `edge` here cancels that edge instead of reporting the release as last.
+    pub fn take_restored(&self) -> Vec<ConnLease> {
+        std::mem::take(&mut *self.restored())
     }
 
-    /// Removes expired entries of any node; each resulting leave is returned by exactly one
-    /// caller cluster-wide. Work per call is bounded; a failure keeps what was reaped.
-    async fn reap(&self) -> Vec<Expired> {
-        let mut out = Vec::new();
-        for _ in 0..REAP_ROUNDS {
-            let due: Vec<String> =
-                match self.run(Lua::Due, vec![self.index_key()], vec![REAP_CHANNELS.to_string()]).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "presence reap skipped");
-                        break;
-                    }
-                };
-            if due.is_empty() {
-                break;
-            }
-            let mut keys = vec![self.index_key()];
-            keys.extend(due.iter().flat_map(|ch| self.channel_keys(ch)));
-            let mut args = vec![REAP_ENTRIES.to_string()];
-            args.extend(due.iter().cloned());
-            let gone: Vec<String> = match self.run(Lua::Reap, keys, args).await {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence reap interrupted");
-                    break;
-                }
-            };
-            out.extend(parse_pairs(&gone, "expired"));
-            if due.len() < REAP_CHANNELS {
-                break;
-            }
-        }
-        out
+    fn restored(&self) -> std::sync::MutexGuard<'_, Vec<ConnLease>> {
+        self.restored.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -320,37 +245,46 @@ impl Presence for RedisPresence {
         RedisPresence::take_rejoined(self)
     }
 
+    fn take_restored(&self) -> Vec<ConnLease> {
+        RedisPresence::take_restored(self)
+    }
+
     async fn admit(&self, c: &ConnRef<'_>, limit: u32) -> Result<Admission, PresenceError> {
         let _shared = self.gate.read().await;
-        let key = self.conns_key(c.principal);
+        let keys = vec![self.conns_key(c.principal), self.conns_index_key()];
         let member = format!("{}/{}", esc(c.node), esc(c.conn));
-        let args = vec![member.clone(), limit.to_string(), self.lease_ms.to_string()];
-        let admitted: i64 = self.run(Lua::Admit, vec![key.clone()], args).await?;
+        let args = vec![member.clone(), limit.to_string(), self.lease_ms.to_string(), principal_field(c.principal)];
+        let admitted: i64 = self.run(Lua::Admit, keys, args).await?;
         if admitted == 0 {
             return Ok(Admission::Full { limit });
         }
-        self.local().conns.entry(key).or_default().insert(member);
-        Ok(Admission::Admitted)
+        self.local().conns.entry(c.principal.clone()).or_default().insert(member);
+        Ok(Admission::Admitted { first: admitted == 2 })
     }
 
-    async fn release(&self, c: &ConnRef<'_>) -> Result<(), PresenceError> {
+    async fn release(&self, c: &ConnRef<'_>) -> Result<bool, PresenceError> {
         let _shared = self.gate.read().await;
-        let key = self.conns_key(c.principal);
         let member = format!("{}/{}", esc(c.node), esc(c.conn));
         {
             let mut l = self.local();
-            if let Some(set) = l.conns.get_mut(&key) {
+            if let Some(set) = l.conns.get_mut(c.principal) {
                 set.remove(&member);
                 if set.is_empty() {
-                    l.conns.remove(&key);
+                    l.conns.remove(c.principal);
                 }
             }
         }
-        let res: Result<i64, _> = self.client.with_options(&self.opts).zrem(key, member).await;
-        if res.is_err() {
-            self.link.observe(self.client.state());
+        let keys = vec![self.conns_key(c.principal), self.conns_index_key()];
+        let last: i64 = self.run(Lua::Release, keys, vec![member, principal_field(c.principal)]).await?;
+        if last == 1 {
+            // Back online and gone again before the node announced it: announce neither.
+            let mut pending = self.restored();
+            if let Some(r) = pending.iter_mut().find(|r| r.edge && r.principal == *c.principal) {
+                r.edge = false;
+                return Ok(false);
+            }
         }
-        res.map(drop).map_err(unavailable)
+        Ok(last == 1)
     }
 
     async fn join(&self, ch: &Channel, c: &ConnRef<'_>) -> Result<bool, PresenceError> {
@@ -410,7 +344,7 @@ impl Presence for RedisPresence {
         }
     }
 
-    async fn maintain(&self, me: &NodeReport) -> Result<Vec<Expired>, PresenceError> {
+    async fn maintain(&self, me: &NodeReport) -> Result<Reaped, PresenceError> {
         let node_key = self.key(&["node", &me.node]);
         let args = vec![
             me.node.clone(),
@@ -422,7 +356,7 @@ impl Presence for RedisPresence {
         ];
         self.run::<i64>(Lua::Beat, vec![node_key, self.key(&["nodes"])], args).await?;
         self.refresh().await?;
-        Ok(self.reap().await)
+        Ok(Reaped { left: self.reap().await, lost: self.reap_conns().await })
     }
 
     async fn nodes(&self) -> Result<Vec<NodeReport>, PresenceError> {

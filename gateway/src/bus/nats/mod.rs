@@ -42,20 +42,24 @@ use tokio_util::{
     task::TaskTracker,
 };
 
-use super::{Bus, BusError, ComponentHealth, DisconnectCommand, Inbound, Origin, rpc_subject, upstream_subject};
+use super::{
+    Bus, BusError, ComponentHealth, Correlation, DisconnectCommand, Inbound, Origin, rpc_subject, upstream_subject,
+};
 use crate::{
     config::Config,
     events::BusScreen,
     history::{HistoryError, Keeping, jetstream::JetStreamHistory},
+    lifecycle::HookKind,
     telemetry,
 };
 
+mod hooks;
 mod pump;
 mod wire;
 
 use wire::{
-    WireEventRef, bad_request, decode_body, origin_headers, parse_reply, publish_error, reconnect_delay, redact,
-    request_error,
+    WireEventRef, bad_request, correlation_headers, decode_body, origin_headers, parse_reply, publish_error,
+    reconnect_delay, redact, request_error,
 };
 
 /// Header naming the kind (`user`|`agent`) of the principal behind an upstream message.
@@ -441,10 +445,17 @@ impl Bus for NatsBus {
         }
     }
 
-    async fn send_upstream(&self, origin: &Origin<'_>, event: &str, data: &Value) -> Result<(), BusError> {
+    async fn send_upstream(
+        &self,
+        origin: &Origin<'_>,
+        event: &str,
+        data: &Value,
+        correlation: &Correlation<'_>,
+    ) -> Result<(), BusError> {
         let subject = upstream_subject(&self.prefix, event)
             .ok_or_else(|| bad_request(format!("event name {event:?} cannot be sent upstream")))?;
-        let headers = origin_headers(origin)?;
+        let mut headers = origin_headers(origin)?;
+        correlation_headers(&mut headers, correlation);
         let body = serde_json::to_vec(data).map_err(|e| bad_request(format!("data: {e}")))?;
         self.send(subject, Some(headers), body).await
     }
@@ -480,6 +491,10 @@ impl Bus for NatsBus {
     async fn disconnect(&self, cmd: &DisconnectCommand) -> Result<(), BusError> {
         let body = serde_json::to_vec(cmd).map_err(|e| bad_request(format!("command: {e}")))?;
         self.send(format!("{}.ctl.disconnect", self.prefix), None, body).await
+    }
+
+    async fn hook(&self, kind: HookKind, origin: &Origin<'_>, reason: Option<&str>) -> Result<(), BusError> {
+        self.publish_hook(kind, origin, reason).await
     }
 
     fn health(&self) -> ComponentHealth {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{HDR_CONNECTION, HDR_NODE, HDR_PRINCIPAL_ID, HDR_PRINCIPAL_KIND, HDR_SIG, MAX_RECONNECT_DELAY, MSGPACK};
-use crate::bus::{BusError, Origin, WireEvent};
+use crate::bus::{BusError, Correlation, Origin, WireEvent};
 
 /// Reconnect backoff: immediately, then 100 ms doubling up to [`MAX_RECONNECT_DELAY`],
 /// plus up to 25 % jitter so a fleet of nodes does not reconnect in lockstep.
@@ -77,6 +77,18 @@ pub(super) fn origin_headers(origin: &Origin<'_>) -> Result<HeaderMap, BusError>
         h.insert(name, v);
     }
     Ok(h)
+}
+
+/// Adds what the client said about an upstream message (contract §10). Only the
+/// client's own frame fields reach here, and only values that are clean header values
+/// (see [`Correlation::headers`]), so neither `data` nor a crafted id can set any other
+/// header; a value the header type still refuses is left out.
+pub(super) fn correlation_headers(h: &mut HeaderMap, c: &Correlation<'_>) {
+    for (name, value) in c.headers() {
+        if let Ok(v) = value.parse::<HeaderValue>() {
+            h.insert(name, v);
+        }
+    }
 }
 
 /// Whether headers' `Content-Type` (any case, parameters ignored) is MessagePack.

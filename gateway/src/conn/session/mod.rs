@@ -11,8 +11,8 @@ use std::{
 
 use axum::extract::ws::Message;
 use gateway_protocol::{
-    Channel, ClientFrame, CloseCode, DisconnectReason, ErrorBody, ErrorCode, EventName, Namespace, PrincipalKind,
-    ServerFrame, StreamPosition, now_ms,
+    Channel, ClientFrame, ClientTimestamp, CloseCode, DisconnectReason, ErrorBody, ErrorCode, EventName, Namespace,
+    PrincipalKind, ServerFrame, StreamPosition, now_ms,
 };
 use serde_json::{Value, json};
 
@@ -21,7 +21,7 @@ use super::{
     handle::{Close, ConnHandle},
     ratelimit::{FrameLimiter, Verdict},
 };
-use crate::{auth::Identity, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
+use crate::{auth::Identity, bus::Correlation, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
 
 mod requests;
 
@@ -211,7 +211,9 @@ impl Session {
             }
             ClientFrame::Request { id, method, params } => self.request(id, method, params).await,
             ClientFrame::Publish { id, channel, event, data } => self.publish(id, &channel, event, data).await,
-            ClientFrame::Send { id, event, data } => self.send(id, &event, &data).await,
+            ClientFrame::Send { id, event, data, correlation_id, timestamp } => {
+                self.send(id, &event, &data, correlation_id.as_deref(), timestamp.as_ref()).await
+            }
             ClientFrame::Refresh { id, token } => self.refresh(id, &token).await,
             ClientFrame::Ping => self.reply(&ServerFrame::Pong { ts: now_ms() }),
         }
@@ -330,7 +332,15 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, id: Option<String>, event: &EventName, data: &Value) {
+    /// An upstream `send`, with what the client said about it passed on as headers.
+    async fn send(
+        &mut self,
+        id: Option<String>,
+        event: &EventName,
+        data: &Value,
+        correlation_id: Option<&str>,
+        timestamp: Option<&ClientTimestamp>,
+    ) {
         // The same rule on every bus: the name must map onto an upstream subject.
         if crate::bus::upstream_subject(&self.node.cfg.subject_prefix, event).is_none() {
             return self.fail(
@@ -338,7 +348,12 @@ impl Session {
                 ErrorBody::new(ErrorCode::BadRequest, "event must be [A-Za-z0-9_-] tokens separated by ':' or '.'"),
             );
         }
-        match self.node.bus.send_upstream(&self.conn_ref(), event, data).await {
+        let correlation = Correlation {
+            message_id: id.as_deref(),
+            correlation_id,
+            client_ts: timestamp.map(ClientTimestamp::to_text),
+        };
+        match self.node.bus.send_upstream(&self.conn_ref(), event, data, &correlation).await {
             Ok(()) => self.ack(id),
             Err(e) => self.fail(id, (&e).into()),
         }
@@ -389,12 +404,18 @@ impl Session {
         left
     }
 
-    /// Leaves every channel and releases the connection's counts. Called once, at the end.
-    pub async fn finish(mut self) {
+    /// The connection opened (`connected` is queued): announces it (contract §10).
+    pub async fn opened(&mut self) {
+        self.admission.open().await;
+    }
+
+    /// Leaves every channel, releases the connection's counts and announces the close
+    /// (`reason`: the close code's reason). Called once, at the end.
+    pub async fn finish(mut self, reason: &str) {
         let channels = std::mem::take(&mut self.channels);
         self.node.membership.leave_all(&self.handle, &channels).await;
         self.node.hub.unregister(self.handle.id);
-        self.admission.release().await;
+        self.admission.release(reason).await;
         let kind = self.identity.principal.kind;
         metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
         self.finished = true;

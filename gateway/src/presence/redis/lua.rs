@@ -8,13 +8,14 @@
 
 use gateway_protocol::{Channel, Principal, PrincipalKind};
 
-use crate::presence::Expired;
+use crate::presence::{ConnLease, Expired};
 
 /// Entries one refresh script call carries at most (keeps each script, and each hold of
 /// the exclusive gate, short).
 const REFRESH_BATCH: usize = 500;
 
-/// Shared prelude: the server clock in ms, index upkeep after a channel changes, and the
+/// Shared prelude: the server clock in ms, index upkeep after a channel or a connection
+/// count changes (`creindex`: principal → earliest expiry of its count entries), and the
 /// per-kind principal zsets (principal → latest expiry of its entries, which makes
 /// `stats` a few `ZCOUNT`s and `members` a bounded range).
 macro_rules! lua {
@@ -35,6 +36,10 @@ macro_rules! lua {
             "  local s = redis.call('ZSCORE', pkey(k, p), p)\n",
             "  if not s or tonumber(s) < exp then redis.call('ZADD', pkey(k, p), exp, p) end\n",
             "end\n",
+            "local function creindex(ix, k, p)\n",
+            "  local f = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')\n",
+            "  if f[2] then redis.call('ZADD', KEYS[ix], f[2], p) else redis.call('ZREM', KEYS[ix], p) end\n",
+            "end\n",
             "local function gone(k, c, p)\n",
             "  if redis.call('HINCRBY', c, p, -1) > 0 then return false end\n",
             "  redis.call('HDEL', c, p); redis.call('ZREM', pkey(k, p), p)\n",
@@ -45,15 +50,30 @@ macro_rules! lua {
     };
 }
 
-/// KEYS conns; ARGV member, limit, lease → 1 admitted, 0 full.
+/// KEYS conns, conns index; ARGV member, limit, lease, principal → 0 full, 1 admitted,
+/// 2 admitted as the principal's first entry. Expired entries do not count against the
+/// limit but are left for `REAP_CONNS` to report; while one is there the principal is not
+/// "first" (its offline has not been announced yet). The set never expires as a whole
+/// (`PERSIST` clears a TTL older versions set): the reaper must see every entry.
 const ADMIT: &str = lua!(
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+    "local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if held or redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') < tonumber(ARGV[2]) then
+  local first = not held and redis.call('ZCARD', KEYS[1]) == 0
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+  redis.call('PERSIST', KEYS[1])
+  creindex(2, KEYS[1], ARGV[4])
+  if first then return 2 end
   return 1
 end
 return 0"
+);
+/// KEYS conns, conns index; ARGV member, principal → 1 when it was the principal's last
+/// entry (live or expired).
+const RELEASE: &str = lua!(
+    "local last = 0
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and redis.call('ZCARD', KEYS[1]) == 0 then last = 1 end
+creindex(2, KEYS[1], ARGV[2])
+return last"
 );
 /// KEYS index, channel keys; ARGV member, principal, lease, channel → 1 when first.
 const JOIN: &str = lua!(
@@ -92,17 +112,27 @@ const STATS: &str = lua!(
 return {redis.call('ZCOUNT', KEYS[1], live, '+inf'), redis.call('ZCOUNT', KEYS[2], live, '+inf'),
   redis.call('ZCOUNT', KEYS[3], live, '+inf')}"
 );
-/// KEYS conns...; ARGV lease, then per key: n, n members. Drops expired members too.
+/// KEYS conns index, conns...; ARGV lease, then per key: principal, n, n members →
+/// flat (principal, member, first) triples of the members it re-added (Redis lost them or
+/// another node reaped them); `first` is `1` when the principal had no entry left.
 const REFRESH_CONNS: &str = lua!(
     "local lease = tonumber(ARGV[1])
-local i = 2
-for _, k in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
-  local n = tonumber(ARGV[i]); i = i + 1
-  for j = 1, n do redis.call('ZADD', k, now + lease, ARGV[i]); i = i + 1 end
-  if redis.call('PTTL', k) < lease then redis.call('PEXPIRE', k, lease) end
+local out, i = {}, 2
+for k = 2, #KEYS do
+  local p, n = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  for j = 1, n do
+    local m = ARGV[i]; i = i + 1
+    if not redis.call('ZSCORE', KEYS[k], m) then
+      local first = '0'
+      if redis.call('ZCARD', KEYS[k]) == 0 then first = '1' end
+      table.insert(out, p); table.insert(out, m); table.insert(out, first)
+    end
+    redis.call('ZADD', KEYS[k], now + lease, m)
+  end
+  redis.call('PERSIST', KEYS[k])
+  creindex(1, KEYS[k], p)
 end
-return 0"
+return out"
 );
 /// KEYS index, channel keys...; ARGV lease, then per channel: name, n, n × (member,
 /// principal). Re-adds (and counts) entries Redis lost or another node reaped → flat
@@ -145,6 +175,24 @@ for k = 2, #KEYS, 4 do
 end
 return out"
 );
+/// KEYS conns index, conns...; ARGV limit, principals → flat (principal, member, last)
+/// triples of expired entries it removed; `last` is `1` on the removal that emptied the
+/// principal's set. Atomic: one caller removes (and reports) each entry.
+const REAP_CONNS: &str = lua!(
+    "local out = {}
+for k = 2, #KEYS do
+  local p = ARGV[k]
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', now, 'LIMIT', 0, ARGV[1])
+  for j, m in ipairs(gone) do
+    redis.call('ZREM', KEYS[k], m)
+    local last = '0'
+    if j == #gone and redis.call('ZCARD', KEYS[k]) == 0 then last = '1' end
+    table.insert(out, p); table.insert(out, m); table.insert(out, last)
+  end
+  creindex(1, KEYS[k], p)
+end
+return out"
+);
 /// KEYS node hash, nodes; ARGV node, lease, connections, users, agents, status.
 const BEAT: &str = lua!(
     "redis.call('HSET', KEYS[1], 'connections', ARGV[3], 'connectedUsers', ARGV[4], 'connectedAgents', ARGV[5],
@@ -169,6 +217,7 @@ return out"
 #[derive(Clone, Copy)]
 pub(super) enum Lua {
     Admit,
+    Release,
     Join,
     Leave,
     Live,
@@ -178,13 +227,28 @@ pub(super) enum Lua {
     RefreshPresence,
     Due,
     Reap,
+    ReapConns,
     Beat,
     NodeFields,
 }
 
 /// Script bodies, in [`Lua`] order.
-pub(super) const SCRIPTS: [&str; 12] =
-    [ADMIT, JOIN, LEAVE, LIVE, MEMBERS, STATS, REFRESH_CONNS, REFRESH_PRESENCE, DUE, REAP, BEAT, NODE_FIELDS];
+pub(super) const SCRIPTS: [&str; 14] = [
+    ADMIT,
+    RELEASE,
+    JOIN,
+    LEAVE,
+    LIVE,
+    MEMBERS,
+    STATS,
+    REFRESH_CONNS,
+    REFRESH_PRESENCE,
+    DUE,
+    REAP,
+    REAP_CONNS,
+    BEAT,
+    NODE_FIELDS,
+];
 
 /// `%` and `/` escaped so a member splits unambiguously on `/`.
 pub(super) fn esc(s: &str) -> String {
@@ -194,6 +258,41 @@ pub(super) fn esc(s: &str) -> String {
 /// `kind/id`, the principal field of the count hash (the id may contain anything).
 pub(super) fn principal_field(p: &Principal) -> String {
     format!("{}/{}", p.kind.as_str(), p.id)
+}
+
+/// `%2F` and `%25` back to `/` and `%` (the inverse of [`esc`]).
+pub(super) fn unesc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (c, skip) = if tail.starts_with("%2F") {
+            ('/', 3)
+        } else if tail.starts_with("%25") {
+            ('%', 3)
+        } else {
+            ('%', 1)
+        };
+        out.push(c);
+        rest = &tail[skip..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Flat (principal, `node/conn`, flag) triples from a script, as [`ConnLease`]s.
+pub(super) fn parse_leases(flat: &[String], what: &str) -> Vec<ConnLease> {
+    let mut out = Vec::new();
+    for t in flat.chunks_exact(3) {
+        match (parse_principal(&t[0]), t[1].split_once('/')) {
+            (Some(principal), Some((node, conn))) => {
+                out.push(ConnLease { node: unesc(node), conn: unesc(conn), principal, edge: t[2] == "1" })
+            }
+            _ => tracing::warn!(member = %t[1], principal = %t[0], "unparsable {what} connection entry"),
+        }
+    }
+    out
 }
 
 /// Parses `kind/id`.
@@ -249,6 +348,19 @@ mod tests {
         assert_eq!(parse_principal(&principal_field(&p)), Some(p));
         assert_eq!(parse_principal("robot/x"), None);
         assert_eq!(esc("c/1%"), "c%2F1%25");
+        for raw in ["c/1%", "%2F", "a%b", "%", "plain", "%252F/"] {
+            assert_eq!(unesc(&esc(raw)), raw);
+        }
+    }
+
+    #[test]
+    fn lease_triples_parse() {
+        let flat: Vec<String> =
+            ["agent/a1", "n%2F1/c1", "1", "user/u", "n2/c2", "0", "robot/x", "n/c", "1"].map(String::from).into();
+        let got = parse_leases(&flat, "test");
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].node.as_str(), got[0].conn.as_str(), got[0].edge), ("n/1", "c1", true));
+        assert_eq!((got[1].principal.id.as_str(), got[1].edge), ("u", false));
     }
 
     #[test]
