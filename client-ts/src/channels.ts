@@ -1,9 +1,13 @@
 /**
  * The client's channel registry: which channels the application subscribed to (with
  * their handlers and optional channel tokens), whether the current connection has
- * confirmed them, and the last stream position seen on each channel (contract §9),
- * which drives both `recover` on re-subscribe and de-duplication: within an epoch an
- * offset at or below the last delivered one is never delivered again.
+ * confirmed them, and a stream position per channel (contract §9), which drives
+ * `recover` on re-subscribe. A position is either the last event delivered on the
+ * channel, which also de-duplicates (within an epoch an offset at or below it is never
+ * delivered again), or, on a channel where no event was delivered yet, the start
+ * position a `subscribe` answer reported (`positions`: where the channel stood when the
+ * connection joined it). A start position is only a place to recover from: it never
+ * drops a live event, and an event delivered later replaces it.
  */
 
 import type { EventFrame, StreamPosition } from "./frames.js";
@@ -29,6 +33,12 @@ interface Waiter {
   reject: (e: GatewayError) => void;
 }
 
+/** A channel's position, and whether an event delivered there set it. */
+interface Tracked extends StreamPosition {
+  /** false: a start position from a `subscribe` answer; no event was delivered since. */
+  seen: boolean;
+}
+
 interface Entry {
   handlers: Set<ChannelHandler<any>>;
   token: ChannelToken | undefined;
@@ -39,7 +49,9 @@ interface Entry {
 
 export class Channels {
   private readonly entries = new Map<string, Entry>();
-  private readonly positions = new Map<string, StreamPosition>();
+  private readonly positions = new Map<string, Tracked>();
+  /** The connection's own channel (`user:<sub>`/`agent:<id>`), joined by the server. */
+  private own: string | undefined;
 
   /** Adds a handler; true when the channel is new (a subscribe frame is due). */
   add(channel: string, handler: ChannelHandler<any>, token: ChannelToken | undefined): boolean {
@@ -109,6 +121,16 @@ export class Channels {
     for (const e of this.entries.values()) for (const w of e.waiters.splice(0)) w.reject(err);
   }
 
+  /** Sets the principal's own channel (from `connected`); undefined when unknown. */
+  setOwn(channel: string | undefined): void {
+    this.own = channel;
+  }
+
+  /** The principal's own channel, which every connection joins. */
+  ownChannel(): string | undefined {
+    return this.own;
+  }
+
   /** Subscribed channel names. */
   names(): string[] {
     return [...this.entries.keys()];
@@ -116,11 +138,13 @@ export class Channels {
 
   /**
    * What to join after a reconnect: every subscribed channel plus every channel with a
-   * known position (e.g. the auto-joined `agent:<id>`), so their missed events come back.
+   * known position and the own channel (the auto-joined `user:`/`agent:` one), so their
+   * missed events come back.
    */
   resubscribeSet(): string[] {
     const set = new Set(this.entries.keys());
     for (const ch of this.positions.keys()) set.add(ch);
+    if (this.own !== undefined) set.add(this.own);
     return [...set];
   }
 
@@ -135,7 +159,30 @@ export class Channels {
   }
 
   position(channel: string): StreamPosition | undefined {
-    return this.positions.get(channel);
+    const p = this.positions.get(channel);
+    return p && { offset: p.offset, epoch: p.epoch };
+  }
+
+  /**
+   * A `subscribe` answer's `positions` entry: where the channel stood when the connection
+   * joined it. Taken only when the client has no position for the channel (it never
+   * moves one) and still wants the channel (subscribed, or its own).
+   */
+  startAt(channel: string, pos: StreamPosition | undefined): void {
+    if (!pos || typeof pos.offset !== "number" || typeof pos.epoch !== "string") return;
+    if (this.positions.has(channel)) return;
+    if (!this.entries.has(channel) && channel !== this.own) return;
+    this.positions.set(channel, { offset: pos.offset, epoch: pos.epoch, seen: false });
+  }
+
+  /**
+   * The server could not recover from `sent` (`recovered: false`): that position is of no
+   * more use (a lost store's epoch, or behind the window), so it is dropped, unless an
+   * event delivered since replaced it. The answer's start position then takes its place.
+   */
+  unrecoverable(channel: string, sent: StreamPosition): void {
+    const p = this.positions.get(channel);
+    if (p && p.offset === sent.offset && p.epoch === sent.epoch) this.positions.delete(channel);
   }
 
   /** Forgets every position (the principal changed: they are someone else's). */
@@ -145,13 +192,14 @@ export class Channels {
 
   /**
    * Records an event's position; false when it must not be delivered (an offset at or
-   * below the last one delivered in the same epoch: a duplicate or out of order).
+   * below the last one delivered in the same epoch: a duplicate or out of order). A start
+   * position never refuses an event: the event's position replaces it.
    */
   accept(ev: EventFrame): boolean {
     if (typeof ev.offset !== "number" || typeof ev.epoch !== "string") return true;
     const last = this.positions.get(ev.channel);
-    if (last && last.epoch === ev.epoch && ev.offset <= last.offset) return false;
-    this.positions.set(ev.channel, { offset: ev.offset, epoch: ev.epoch });
+    if (last && last.seen && last.epoch === ev.epoch && ev.offset <= last.offset) return false;
+    this.positions.set(ev.channel, { offset: ev.offset, epoch: ev.epoch, seen: true });
     return true;
   }
 

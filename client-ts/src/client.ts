@@ -29,6 +29,12 @@ interface Outgoing {
   seq: number;
 }
 
+/** The channel the server joins this principal to at connect (contract §1). */
+function ownChannel(p: Principal | undefined): string | undefined {
+  if (!p || typeof p.id !== "string" || p.id === "") return undefined;
+  return p.kind === "user" ? `user:${p.id}` : p.kind === "agent" ? `agent:${p.id}` : undefined;
+}
+
 /** Names `on` treats as client notifications; any other name is an event name. */
 const RESERVED = new Set(["state", "error", "recovered", "connected", "event"]);
 
@@ -312,6 +318,7 @@ export class GatewayClient {
     const prev = this.connectedFrame?.principal;
     // Positions of another principal's channels mean nothing to this one.
     if (prev && (prev.kind !== f.principal.kind || prev.id !== f.principal.id)) this.channels.clearPositions();
+    this.channels.setOwn(ownChannel(f.principal));
     this.connectedFrame = f;
     this.everConnected = true;
     this.setState("connected");

@@ -208,6 +208,13 @@ export interface SubscribeResult {
   rejected: Array<{ channel: string; code: string; message: string }>;
   /** Per channel named in `recover`: whether every missed event will be replayed (§9). */
   recovered?: Record<string, boolean>;
+  /**
+   * Per joined channel with history (also one joined before, such as the auto-joined
+   * `user:<sub>`/`agent:<id>`): where the channel stood when this connection joined it.
+   * A client that has seen no event on the channel recovers from there after a
+   * reconnect, so an event published while it was away is not lost.
+   */
+  positions?: Record<string, StreamPosition>;
 }
 
 /** `result` of an `unsubscribe` response. */

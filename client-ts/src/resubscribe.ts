@@ -2,8 +2,12 @@
  * Writing `subscribe` frames: new channels subscribed in the same tick travel in one
  * frame; after a (re)connect every channel goes out again in one frame carrying
  * `recover: {channel: {offset, epoch}}` for the channels with a known position (§9),
- * except channels with a channel token, which need a frame each. The answers confirm or
- * reject channels and, after a reconnect, report `recovered` per channel.
+ * except channels with a channel token, which need a frame each. That frame also names
+ * the connection's own channel (`user:<sub>`/`agent:<id>`, joined by the server at
+ * connect), so its answer tells where that channel stood too; with no other channel it
+ * is the one frame sent, and `connect()` never waits for its answer. The answers confirm
+ * or reject channels, report `recovered` per channel after a reconnect, and give each
+ * joined channel's start position (`positions`), kept where the client has none.
  */
 
 import type { Channels, ChannelToken } from "./channels.js";
@@ -56,7 +60,12 @@ export class Subscriber {
    */
   resubscribe(reconnect: boolean): Promise<void> | undefined {
     this.batch.clear();
-    const names = reconnect ? this.d.channels.resubscribeSet() : this.d.channels.names();
+    const { channels } = this.d;
+    const names = reconnect ? channels.resubscribeSet() : channels.names();
+    // The own channel is joined already; naming it gets its position (and, after a
+    // reconnect, recovers it). Cheap: it rides in the frame of the other plain channels.
+    const own = channels.ownChannel();
+    if (own !== undefined && !names.includes(own)) names.push(own);
     return names.length ? this.send(names, reconnect) : undefined;
   }
 
@@ -106,8 +115,13 @@ export class Subscriber {
             this.d.emit("error", err);
             continue;
           }
+          const recovered = res?.recovered?.[ch] === true;
+          const sent = recover?.[ch];
+          // Only an explicit refusal discards the position (an answer without the map keeps it).
+          if (sent && res?.recovered?.[ch] === false) channels.unrecoverable(ch, sent);
+          channels.startAt(ch, res?.positions?.[ch]);
           channels.confirm(ch);
-          if (reconnect) this.d.emit("recovered", { channel: ch, recovered: res?.recovered?.[ch] === true });
+          if (reconnect) this.d.emit("recovered", { channel: ch, recovered });
         }
       },
       (err: GatewayError) => {

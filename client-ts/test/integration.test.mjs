@@ -124,6 +124,26 @@ async function publishHttp(channel, event, data) {
   return JSON.parse(text);
 }
 
+/**
+ * A token source that can hold the client back: while held, `getToken` (called before
+ * every reconnect) waits, so the client stays away for as long as a test needs.
+ */
+function gatedToken(token) {
+  let held;
+  return {
+    getToken: () => (held ? held.promise.then(() => token) : token),
+    hold() {
+      let release;
+      const promise = new Promise((r) => (release = r));
+      held = { promise, release };
+    },
+    release() {
+      held?.release();
+      held = undefined;
+    },
+  };
+}
+
 function client(opts) {
   const c = new GatewayClient({
     url: `ws://127.0.0.1:${port}/ws`,
@@ -266,17 +286,22 @@ test("a refresh with a new token for the same user is accepted", { skip, timeout
   assert.deepEqual(c.errors, []);
 });
 
-test("node restart: reconnecting → connected, re-subscribed, offline sends flushed in order", { skip, timeout: 60_000 }, async () => {
-  const c = client({ token: userToken("frank") });
+test("node restart: reconnecting → connected, re-subscribed, offline sends flushed in order; then recovery on the new node", { skip, timeout: 60_000 }, async () => {
+  const gate = gatedToken(userToken("frank"));
+  const c = client({ getToken: gate.getToken });
   const agent = client({ token: AGENT_KEY });
   await within(Promise.all([c.connect(), agent.connect()]), 5000, "connect");
   const got = collector();
   const session = collector();
+  const own = [];
+  c.on("event", (e) => e.channel === "user:frank" && own.push(e));
   const recovered = [];
   c.on("recovered", (r) => recovered.push(r));
   await within(c.subscribe("project:p1", got.handler).ready, 5000, "subscribe");
   const chan = jwt({ channel: "session:r1", sub: "frank", exp: nowS() + 600 });
   await within(c.subscribe("session:r1", session.handler, { token: () => chan }).ready, 5000, "subscribe session");
+  await publishHttp("project:p1", "task.created", { before: "restart" });
+  const [before] = await got.next(1);
   const firstConnection = c.connectionId;
 
   await stopGateway();
@@ -304,13 +329,40 @@ test("node restart: reconnecting → connected, re-subscribed, offline sends flu
   assert.deepEqual(session.events.map((e) => e.data.i), [1, 2, 3, 4, 5]);
   // Re-subscribed: new events arrive.
   await publishHttp("project:p1", "task.created", { after: "restart" });
-  const evs = await got.next(1);
-  assert.deepEqual(evs.at(-1).data, { after: "restart" });
-  // No history on the server yet: every re-subscribed channel is reported unrecovered.
-  await waitFor(() => recovered.length >= 2, 5000, "recovered notices");
-  assert.deepEqual(new Set(recovered.map((r) => `${r.channel}:${r.recovered}`)), new Set(["project:p1:false", "session:r1:false"]));
+  const evs = await got.next(2);
+  assert.deepEqual(evs.map((e) => e.data), [{ before: "restart" }, { after: "restart" }]);
+  // The embedded store lived in the old process: the new node's store has another epoch.
+  assert.notEqual(evs[1].epoch, before.epoch);
+  // So the server answers recovered:false for every channel the client had a position on:
+  // both subscribed ones and the own user:frank (its position came from a subscribe
+  // answer's `positions`, as no event was seen there). Each reported once.
+  await waitFor(() => recovered.length >= 3, 5000, "recovered notices");
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(recovered.map((r) => `${r.channel}:${r.recovered}`).sort(), ["project:p1:false", "session:r1:false", "user:frank:false"]);
   const list = await c.request("channels.list");
   assert.ok(list.channels.includes("project:p1") && list.channels.includes("session:r1"));
+
+  // The answers re-seeded the positions in the new store's epoch: a drop now recovers
+  // every channel with history, with what was published meanwhile, once and in order.
+  recovered.length = 0;
+  gate.hold();
+  c.ws.terminate();
+  await waitFor(() => c.state === "reconnecting", 5000, "reconnecting");
+  await publishHttp("project:p1", "task.created", { away: 1 });
+  await publishHttp("session:r1", "note", { i: 6 });
+  await publishHttp("user:frank", "notice", { away: 1 });
+  await publishHttp("project:p1", "task.created", { away: 2 });
+  await publishHttp("session:r1", "note", { i: 7 });
+  gate.release();
+  await waitFor(() => recovered.length >= 3, 10_000, "recovered notices after the drop");
+  assert.deepEqual(recovered.map((r) => `${r.channel}:${r.recovered}`).sort(), ["project:p1:true", "session:r1:true", "user:frank:true"]);
+  await got.next(4);
+  await session.next(7);
+  await waitFor(() => own.length >= 1, 5000, "own channel event");
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(got.events.slice(2).map((e) => e.data), [{ away: 1 }, { away: 2 }]);
+  assert.deepEqual(session.events.map((e) => e.data.i), [1, 2, 3, 4, 5, 6, 7]);
+  assert.deepEqual(own.map((e) => e.data), [{ away: 1 }]);
 });
 
 test("server-side disconnect (4010) stops the client", { skip, timeout: 20_000 }, async () => {
@@ -328,24 +380,92 @@ test("server-side disconnect (4010) stops the client", { skip, timeout: 20_000 }
   assert.equal(c.state, "closed");
 });
 
-test("history recovery across a reconnect (§9)", { skip: "server history lands with issue 8" }, async () => {
-  const c = client({ token: userToken("hank") });
+test("history recovery across a reconnect (§9): missed events exactly once, in order, also where none was seen", { skip, timeout: 30_000 }, async () => {
+  const gate = gatedToken(userToken("hank", { projects: ["p1", "hq"] }));
+  const c = client({ getToken: gate.getToken });
+  const seen = collector(); // project:p1: events seen before going away
+  // project:hq: subscribed, nothing published before going away (the client did see its
+  // own presence.join there, which carries a position: the answer's must not move it).
+  const quiet = collector();
+  // user:hank: auto-joined, never subscribed by the app, no event at all before going
+  // away: only the subscribe answer's `positions` tells the client where to recover from.
+  const own = [];
+  c.on("event", (e) => e.channel === "user:hank" && own.push(e));
+  const recovered = [];
+  // Snapshot at the notice: the replay must have arrived before it.
+  c.on("recovered", (r) => recovered.push({ ...r, had: { p1: seen.events.length, hq: quiet.events.length, own: own.length } }));
+  const subs = [c.subscribe("project:p1", seen.handler), c.subscribe("project:hq", quiet.handler)];
   await within(c.connect(), 5000, "connect");
-  const got = collector();
-  await within(c.subscribe("project:p1", got.handler).ready, 5000, "subscribe");
+  // One frame named both channels and the own one; its answer carried their positions.
+  await within(Promise.all(subs.map((s) => s.ready)), 5000, "subscribed");
   await publishHttp("project:p1", "n", { i: 1 });
-  const [first] = await got.next(1);
+  const [first] = await seen.next(1);
   assert.equal(typeof first.offset, "number");
   assert.equal(typeof first.epoch, "string");
-  const recovered = [];
-  c.on("recovered", (r) => recovered.push(r));
-  // Drop the socket (the embedded store would not survive a node restart).
+  // An agent whose channel already holds events (the agent test's task) and that sees
+  // none: its first task:assigned arrives while it is away.
+  const agentGate = gatedToken(AGENT_KEY);
+  const agent = client({ getToken: agentGate.getToken });
+  const tasks = [];
+  agent.on("task:assigned", (data, frame) => tasks.push(frame));
+  const agentRecovered = [];
+  agent.on("recovered", (r) => agentRecovered.push(r));
+  await within(agent.connect(), 5000, "agent connect");
+  await agent.request("channels.list"); // answered after the own channel's subscribe
+  await new Promise((r) => setTimeout(r, 100)); // nothing else in flight
+  assert.equal(own.length, 0);
+  assert.equal(quiet.events.length, 0);
+  assert.equal(tasks.length, 0);
+
+  // Away: the sockets drop and the clients cannot reconnect until released.
+  gate.hold();
+  agentGate.hold();
+  const firstConnection = c.connectionId;
   c.ws.terminate();
-  await waitFor(() => c.state === "reconnecting", 5000, "reconnecting");
-  await publishHttp("project:p1", "n", { i: 2 }); // before the client is back
+  agent.ws.terminate();
+  await waitFor(() => c.state === "reconnecting" && agent.state === "reconnecting", 5000, "reconnecting");
+  const task = await publishHttp("agent:a1", "task:assigned", { id: "task_away" });
+  agentGate.release();
+  await waitFor(() => agentRecovered.length, 10_000, "agent recovered");
+  assert.deepEqual(agentRecovered, [{ channel: "agent:a1", recovered: true }]);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(tasks.map((f) => [f.id, f.data.id]), [[task.id, "task_away"]], "only the task published while away, once");
+  const missed = [];
+  for (let i = 2; i <= 4; i++) missed.push(await publishHttp("project:p1", "n", { i }));
+  await publishHttp("broadcast:agents", "noise", {}); // no history: never recovered
+  for (let i = 1; i <= 2; i++) missed.push(await publishHttp("project:hq", "n", { i }));
+  for (let i = 1; i <= 3; i++) missed.push(await publishHttp("user:hank", "task:assigned", { i }));
+  assert.equal(c.state, "reconnecting", "still away while publishing");
+  gate.release();
   await waitFor(() => c.state === "connected", 10_000, "reconnected");
-  await got.next(2);
-  assert.deepEqual(got.events.map((e) => e.data.i), [1, 2]);
-  await waitFor(() => recovered.length, 5000, "recovered");
-  assert.deepEqual(recovered, [{ channel: "project:p1", recovered: true }]);
+  assert.notEqual(c.connectionId, firstConnection);
+  await waitFor(() => recovered.length >= 3, 5000, "recovered notices");
+  assert.deepEqual(
+    recovered.map((r) => [r.channel, r.recovered]).sort(),
+    [["project:hq", true], ["project:p1", true], ["user:hank", true]],
+    "every channel with history is recovered (broadcast:agents was never joined)",
+  );
+  // Replayed before the answer: complete when the notice came.
+  for (const r of recovered) assert.deepEqual(r.had, { p1: 4, hq: 2, own: 3 });
+
+  // Live events after the replay, then a pause to catch any duplicate.
+  await publishHttp("project:p1", "n", { i: 5 });
+  await publishHttp("project:hq", "n", { i: 3 });
+  await publishHttp("user:hank", "task:assigned", { i: 4 });
+  await seen.next(5);
+  await quiet.next(3);
+  await waitFor(() => own.length >= 4, 5000, "own channel events");
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(seen.events.map((e) => e.data.i), [1, 2, 3, 4, 5]);
+  assert.deepEqual(quiet.events.map((e) => e.data.i), [1, 2, 3]);
+  assert.deepEqual(own.map((e) => e.data.i), [1, 2, 3, 4]);
+  // The replayed events are the ones published while away (same ids), once each.
+  const ids = [...seen.events, ...quiet.events, ...own].map((e) => e.id);
+  for (const m of missed) assert.equal(ids.filter((id) => id === m.id).length, 1, `event ${m.id} delivered once`);
+  // Offsets strictly grow along each channel (not necessarily by one), one epoch.
+  for (const evs of [seen.events, quiet.events, own]) {
+    for (let k = 1; k < evs.length; k++) assert.ok(evs[k].offset > evs[k - 1].offset, `offsets grow: ${evs.map((e) => e.offset)}`);
+    assert.deepEqual(new Set(evs.map((e) => e.epoch)), new Set([first.epoch]));
+  }
+  assert.deepEqual(c.errors.filter((e) => e.code !== "disconnected"), []);
 });

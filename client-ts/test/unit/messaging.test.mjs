@@ -193,7 +193,8 @@ test("error frames without an id are emitted on error", async () => {
 });
 
 test("the flush is paced under the server's rate limit; later sends queue behind it, requests do not", async () => {
-  const { client, clock } = await connected({ rateLimit: { perSecond: 10, burst: 5, perMinute: 1000 }, offlineQueue: { maxSize: 100 } });
+  // Burst 6: the re-subscribe frame (the own channel, user:u1) takes one token, 5 are left.
+  const { client, clock } = await connected({ rateLimit: { perSecond: 10, burst: 6, perMinute: 1000 }, offlineQueue: { maxSize: 100 } });
   FakeWebSocket.last.serverClose(1006);
   const calls = [];
   for (let n = 1; n <= 12; n++) calls.push(client.send("e:v", { n }));
@@ -220,7 +221,8 @@ test("the flush is paced under the server's rate limit; later sends queue behind
 });
 
 test("a drop during a paced flush keeps the rest queued for the next connection", async () => {
-  const { client, clock } = await connected({ rateLimit: { perSecond: 1, burst: 2, perMinute: 1000 } });
+  // Burst 3: each connection's subscribe frame (the own channel) takes one token.
+  const { client, clock } = await connected({ rateLimit: { perSecond: 1, burst: 3, perMinute: 1000 } });
   FakeWebSocket.last.serverClose(1006);
   for (let n = 1; n <= 5; n++) client.send("e:v", { n }).catch(() => {});
   await clock.advance(1000);
@@ -237,7 +239,8 @@ test("a drop during a paced flush keeps the rest queued for the next connection"
 });
 
 test("a live burst of sends over the rate limit is paced through the queue, in order", async () => {
-  const { client, clock } = await connected({ rateLimit: { perSecond: 10, burst: 3, perMinute: 1000 } });
+  // Burst 4: the first connection's subscribe frame (the own channel) took one token.
+  const { client, clock } = await connected({ rateLimit: { perSecond: 10, burst: 4, perMinute: 1000 } });
   const ws = FakeWebSocket.last;
   const calls = [1, 2, 3, 4, 5, 6].map((n) => client.send("e:v", { n }));
   calls.forEach((p) => p.catch(() => {}));

@@ -1,5 +1,6 @@
 // Unit tests of subscriptions against the fake socket: batching, handles, unsubscribe,
 // re-subscribe with `recover` positions after a reconnect, `recovered` reporting,
+// start positions from subscribe answers (`positions`, also for the own channel),
 // de-duplication by (channel, offset), channel tokens, event-name handlers, and the
 // JWT refresh before `exp`.
 
@@ -9,12 +10,22 @@ import { FakeWebSocket, FakeClock, connected, makeClient, flush, fakeJwt } from 
 
 const ev = (channel, event, data, extra = {}) => ({ type: "event", channel, event, data, id: `m-${Math.random()}`, ts: 1, ...extra });
 
-/** Answers the socket's last subscribe frame: everything subscribed, optional recovered map. */
-function ackSubscribe(ws, recovered) {
+/** Answers the socket's last subscribe frame: everything subscribed, optional recovered and positions maps. */
+function ackSubscribe(ws, recovered, positions) {
   const f = ws.frames("subscribe").at(-1);
-  ws.receive({ type: "response", id: f.id, result: { subscribed: f.channels, rejected: [], ...(recovered ? { recovered } : {}) } });
+  ws.receive({
+    type: "response",
+    id: f.id,
+    result: { subscribed: f.channels, rejected: [], ...(recovered ? { recovered } : {}), ...(positions ? { positions } : {}) },
+  });
   return f;
 }
+
+/** The fake server's default principal's own channel (helpers.mjs: user u1). */
+const OWN = "user:u1";
+
+/** Subscribe frames other than the one naming only the own channel (sent after `connected`). */
+const appSubs = (ws) => ws.frames("subscribe").filter((f) => !(f.channels.length === 1 && f.channels[0] === OWN));
 
 test("channels subscribed before connect go out in one frame after connected; ready resolves", async () => {
   const { client } = makeClient();
@@ -27,7 +38,8 @@ test("channels subscribed before connect go out in one frame after connected; re
   await p;
   const subs = ws.frames("subscribe");
   assert.equal(subs.length, 1);
-  assert.deepEqual(subs[0].channels, ["broadcast:agents", "project:p1"]);
+  // The own channel rides along, so the answer tells where it stood (no extra frame).
+  assert.deepEqual(subs[0].channels, ["broadcast:agents", "project:p1", OWN]);
   assert.equal(subs[0].recover, undefined);
   ackSubscribe(ws);
   await a.ready;
@@ -43,8 +55,7 @@ test("subscribe while connected: one frame per tick; events reach the handler; u
   const s2 = client.subscribe("project:p1", (e) => got.push(["h2", e.data]));
   client.subscribe("project:p2", () => {});
   await flush();
-  assert.equal(ws.frames("subscribe").length, 1);
-  assert.deepEqual(ws.frames("subscribe")[0].channels, ["project:p1", "project:p2"]);
+  assert.deepEqual(ws.frames("subscribe").map((f) => f.channels), [[OWN], ["project:p1", "project:p2"]]);
   ackSubscribe(ws);
   await s1.ready;
   ws.receive(ev("project:p1", "task.created", 1));
@@ -64,7 +75,7 @@ test("a rejected subscription rejects ready, is reported and dropped", async () 
   const ws = FakeWebSocket.last;
   const s = client.subscribe("project:p9", () => {});
   await flush();
-  const f = ws.frames("subscribe")[0];
+  const [f] = appSubs(ws);
   ws.receive({ type: "response", id: f.id, result: { subscribed: [], rejected: [{ channel: "project:p9", code: "forbidden", message: "not your project" }] } });
   await assert.rejects(s.ready, (e) => e.code === "forbidden" && e.channel === "project:p9");
   assert.equal(errors[0].code, "forbidden");
@@ -72,12 +83,13 @@ test("a rejected subscription rejects ready, is reported and dropped", async () 
   await clock.advance(1000);
   FakeWebSocket.last.accept();
   await flush();
-  assert.equal(FakeWebSocket.last.frames("subscribe").length, 0, "a refused channel is not retried");
+  assert.deepEqual(FakeWebSocket.last.frames("subscribe").map((f) => f.channels), [[OWN]], "a refused channel is not retried");
   await client.close();
 });
 
 test("after a reconnect every channel is re-subscribed in one frame with recover positions", async () => {
-  const { client, clock, recovered } = await connected();
+  const agent = { principal: { kind: "agent", id: "a1" } };
+  const { client, clock, recovered } = await connected({ accept: agent });
   let ws = FakeWebSocket.last;
   client.subscribe("session:abc", () => {});
   client.subscribe("project:p1", () => {});
@@ -92,7 +104,7 @@ test("after a reconnect every channel is re-subscribed in one frame with recover
   ws.serverClose(1001);
   await clock.advance(1000);
   ws = FakeWebSocket.last;
-  ws.accept();
+  ws.accept(agent);
   await flush();
   const subs = ws.frames("subscribe");
   assert.equal(subs.length, 1);
@@ -120,7 +132,8 @@ test("a server without history (no recovered map) reports recovered:false for ev
   await flush();
   ackSubscribe(FakeWebSocket.last);
   await flush();
-  assert.deepEqual(recovered, [{ channel: "project:p1", recovered: false }]);
+  // The own channel is re-subscribed too (to learn its position): also reported.
+  assert.deepEqual(recovered, [{ channel: "project:p1", recovered: false }, { channel: OWN, recovered: false }]);
   await client.close();
 });
 
@@ -172,7 +185,7 @@ test("unsubscribing forgets the channel's position; it is not recovered later", 
   FakeWebSocket.last.accept();
   await flush();
   const [f] = FakeWebSocket.last.frames("subscribe");
-  assert.deepEqual(f.channels, ["project:p1"]);
+  assert.deepEqual(f.channels, ["project:p1", OWN]);
   assert.equal(f.recover, undefined);
   await client.close();
 });
@@ -184,7 +197,7 @@ test("session channels with a channel token subscribe in their own frame, with t
   client.subscribe("project:p1", () => {});
   await flush();
   await flush();
-  const subs = FakeWebSocket.last.frames("subscribe");
+  const subs = appSubs(FakeWebSocket.last);
   assert.deepEqual(subs.map((f) => [f.channels, f.token]), [[["project:p1"], undefined], [["session:abc"], "chan-tok-1"]]);
   FakeWebSocket.last.serverClose(1006);
   await clock.advance(1000);
@@ -264,8 +277,10 @@ test("queued messages wait for a channel token function: re-subscribe frames fir
   const late = client.publish("session:abc", "typing", { n: 2 }); // while the token is being fetched
   late.catch(() => {});
   await new Promise((r) => setTimeout(r, 20));
-  assert.deepEqual(ws.sent.map((f) => f.type), ["subscribe", "publish", "publish"]);
-  assert.equal(ws.sent[0].token, "chan-tok");
-  assert.deepEqual(ws.sent.slice(1).map((f) => f.data.n), [1, 2]);
+  // The own channel's plain frame goes at once; the token frame, then the queued publishes.
+  assert.deepEqual(ws.sent.map((f) => f.type), ["subscribe", "subscribe", "publish", "publish"]);
+  assert.deepEqual(ws.sent[0].channels, [OWN]);
+  assert.equal(ws.sent[1].token, "chan-tok");
+  assert.deepEqual(ws.sent.slice(2).map((f) => f.data.n), [1, 2]);
   await client.close();
 });
