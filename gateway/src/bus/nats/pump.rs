@@ -89,11 +89,13 @@ impl PumpCtx {
         };
         let prev = number(msg, "Nats-Last-Sequence").unwrap_or(0);
         if let Some(l) = *last {
-            if seq == l {
+            if seq <= l && (prev != 0 || seq == l) {
+                // Delivered already (a catch-up ran ahead of the live feed).
                 return;
             }
             if seq < l {
-                // Offsets went back: the stream was made again (its store lost).
+                // Offsets went back to a channel's first event: the stream was made
+                // again (its store lost), a new epoch.
                 history.refresh().await;
             } else if prev > l {
                 self.fill(history, l, seq).await;
