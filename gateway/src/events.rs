@@ -7,11 +7,26 @@
 //! size in the largest encoding, because re-encoding can multiply it and every copy lands
 //! in a subscriber's bounded queue.
 
-use gateway_protocol::{EventFrame, EventName, MAX_DATA_DEPTH, event::depth_within, max_encoded_len};
+use gateway_protocol::{Channel, EventFrame, EventName, MAX_DATA_DEPTH, event::depth_within, max_encoded_len};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+
+/// A new event with a fresh id (uuid v7) and the current time: how the gateway names
+/// every event it accepts or makes itself.
+pub fn fresh(channel: Channel, event: EventName, data: serde_json::Value) -> EventFrame {
+    EventFrame {
+        channel,
+        event,
+        data,
+        id: uuid::Uuid::now_v7().to_string(),
+        ts: gateway_protocol::now_ms(),
+        from: None,
+        offset: None,
+        epoch: None,
+    }
+}
 
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use gateway_protocol::{Channel, EventFrame, PrincipalKind, SystemEvent, now_ms};
+use gateway_protocol::{Channel, PrincipalKind, SystemEvent, now_ms};
 use serde::Serialize;
 use serde_json::json;
 
@@ -165,16 +165,7 @@ impl Lifecycle {
         if let Some(r) = reason {
             data["reason"] = json!(r);
         }
-        let ev = EventFrame {
-            channel: ch.clone(),
-            event: SystemEvent::AgentStatus.into(),
-            data,
-            id: uuid::Uuid::now_v7().to_string(),
-            ts: now_ms(),
-            from: None,
-            offset: None,
-            epoch: None,
-        };
+        let ev = crate::events::fresh(ch.clone(), SystemEvent::AgentStatus.into(), data);
         metrics::counter!(telemetry::PUBLISHED, "source" => "lifecycle").increment(1);
         if let Err(e) = self.bus.publish(&ev).await {
             tracing::warn!(error = %e, agent = %c.principal.id, status, "agent status not published");

@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use gateway_protocol::{
-    Channel, ErrorBody, ErrorCode, EventFrame, Namespace, Principal, ServerFrame, StreamPosition, SystemEvent, now_ms,
-};
+use gateway_protocol::{Channel, ErrorBody, ErrorCode, Namespace, Principal, ServerFrame, StreamPosition, SystemEvent};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
@@ -236,16 +234,7 @@ impl Membership {
 
     /// Publishes a presence event for `member` on `ch`.
     pub async fn announce(&self, ch: &Channel, event: SystemEvent, member: &Principal) {
-        let ev = EventFrame {
-            channel: ch.clone(),
-            event: event.into(),
-            data: json!({ "kind": member.kind, "id": member.id }),
-            id: uuid::Uuid::now_v7().to_string(),
-            ts: now_ms(),
-            from: None,
-            offset: None,
-            epoch: None,
-        };
+        let ev = crate::events::fresh(ch.clone(), event.into(), json!({ "kind": member.kind, "id": member.id }));
         metrics::counter!(telemetry::PUBLISHED, "source" => "presence").increment(1);
         if let Err(e) = self.bus.publish(&ev).await {
             tracing::warn!(error = %e, channel = %ch, "presence event not published");

@@ -11,7 +11,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use gateway_protocol::{Channel, CloseCode, DisconnectReason, EventFrame, EventName, PrincipalKind, now_ms};
+use gateway_protocol::{Channel, CloseCode, DisconnectReason, EventFrame, EventName, PrincipalKind};
 use tokio_util::task::TaskTracker;
 
 use crate::{
@@ -183,16 +183,7 @@ impl Node {
 
     /// A new event with a fresh id and the current time.
     pub fn new_event(&self, channel: Channel, event: EventName, data: serde_json::Value) -> EventFrame {
-        EventFrame {
-            channel,
-            event,
-            data,
-            id: uuid::Uuid::now_v7().to_string(),
-            ts: now_ms(),
-            from: None,
-            offset: None,
-            epoch: None,
-        }
+        crate::events::fresh(channel, event, data)
     }
 
     /// This node's registry entry.

@@ -45,19 +45,17 @@ async fn join(
 ) -> anyhow::Result<Value> {
     let recover: BTreeMap<String, StreamPosition> = pos.map(|p| (ch.to_owned(), p.clone())).into_iter().collect();
     c.send(&ClientFrame::Subscribe { id: Some("j".into()), channels: vec![ch.into()], token: None, recover }).await?;
-    let answer = c
-        .recv_until(T, |r| match r {
-            Received::Frame(ServerFrame::Event(e)) if e.channel.as_str() == ch && e.event == "e" => {
-                into.push(e.clone());
-                None
-            }
-            Received::Frame(ServerFrame::Response { id, result, error }) if id == "j" => {
-                Some(result.clone().ok_or_else(|| anyhow::anyhow!("subscribe: {error:?}")))
-            }
-            _ => None,
-        })
-        .await?;
-    answer
+    c.recv_until(T, |r| match r {
+        Received::Frame(ServerFrame::Event(e)) if e.channel.as_str() == ch && e.event == "e" => {
+            into.push(e.clone());
+            None
+        }
+        Received::Frame(ServerFrame::Response { id, result, error }) if id == "j" => {
+            Some(result.clone().ok_or_else(|| anyhow::anyhow!("subscribe: {error:?}")))
+        }
+        _ => None,
+    })
+    .await?
 }
 
 /// A backend publishing `{"event":"e","data":{"n":n}}` on `subject` every `every`,

@@ -125,19 +125,13 @@ pub struct Config {
 
 /// The history one namespace keeps (contract §9): per channel, the last `size` events,
 /// each for at most `ttl_ms`. `size = 0` keeps none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NsHistory {
     /// Events kept per channel.
     pub size: u64,
     /// How long an event is kept, in ms.
     pub ttl_ms: u64,
-}
-
-impl Default for NsHistory {
-    fn default() -> Self {
-        NsHistory { size: 0, ttl_ms: 0 }
-    }
 }
 
 /// History per namespace. The defaults keep enough for a client to ride out a network

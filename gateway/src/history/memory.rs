@@ -215,8 +215,8 @@ mod tests {
 
     #[tokio::test]
     async fn expiry_and_sweep() {
-        let mut cfg = HistoryConfig::default();
-        cfg.session = crate::config::NsHistory { size: 10, ttl_ms: 1 };
+        let cfg =
+            HistoryConfig { session: crate::config::NsHistory { size: 10, ttl_ms: 1 }, ..HistoryConfig::default() };
         let h = MemoryHistory::new(Keeping::new(&cfg));
         let ch = Channel::parse("session:s").unwrap();
         append(&h, &ch, 1).await;
