@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
-import { GatewayClient } from "../dist/index.js";
+import { GatewayClient, GatewayError } from "../dist/index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.GATEWAY_BIN ?? resolve(here, "../../target/debug/gateway");
@@ -295,13 +295,22 @@ async function publishHttp(node, channel, event, data) {
   return JSON.parse(text);
 }
 
-/** Publishes `n` events numbered 0..n-1 on `channel` through `node`, one every `everyMs`. */
-async function feed(node, channel, n, everyMs) {
-  for (let seq = 0; seq < n; seq++) {
-    await publishHttp(node, channel, "tick", { seq });
-    await sleep(everyMs);
-  }
-  return n;
+/**
+ * Publishes `n` events numbered 0..n-1 on `channel` through `node`, one every `everyMs`;
+ * `published` counts the accepted ones, `done` resolves with n.
+ */
+function feed(node, channel, n, everyMs) {
+  const f = { published: 0 };
+  f.done = (async () => {
+    for (let seq = 0; seq < n; seq++) {
+      await publishHttp(node, channel, "tick", { seq });
+      f.published++;
+      await sleep(everyMs);
+    }
+    return n;
+  })();
+  f.done.catch(() => {}); // awaited by the test; no unhandled rejection meanwhile
+  return f;
 }
 
 /** A token source that can hold the client back before its next (re)connect. */
@@ -376,7 +385,9 @@ test(
     await backend.flush();
 
     // A user on project:p1 and an agent, both on node A through the relay.
-    const user = client(url, { token: userToken("u1") });
+    // Both can be held away for a while after the kill (their token source waits).
+    const userGate = gatedToken(userToken("u1"));
+    const user = client(url, { getToken: userGate.getToken });
     const gate = gatedToken(AGENT_KEY);
     const agent = client(url, { getToken: gate.getToken });
     const got = [];
@@ -395,13 +406,12 @@ test(
     await waitFor(
       async () => {
         if (!pending) {
-          const seen = rpc.length;
-          const p = user.request("slow", { n: 1 }, { timeoutMs: 30_000 });
-          pending = { p, settled: false, seen };
-          p.then(
-            () => (pending.settled = true),
-            () => (pending.settled = true),
+          const entry = { p: user.request("slow", { n: 1 }, { timeoutMs: 30_000 }), settled: false, seen: rpc.length };
+          entry.p.then(
+            () => (entry.settled = true),
+            () => (entry.settled = true),
           );
+          pending = entry;
         }
         if (rpc.length > pending.seen) return true;
         if (pending.settled) pending = undefined; // refused (no responder yet): again
@@ -416,12 +426,12 @@ test(
     );
 
     // The feed over node B: 60 events, one every 50 ms.
-    const feedDone = feed(nodeB, "project:p1", 60, 50);
-    feedDone.catch(() => {}); // awaited below; no unhandled rejection meanwhile
+    const ticks = feed(nodeB, "project:p1", 60, 50);
     await waitFor(() => got.length >= 8, 10_000, "the feed to reach the client on A");
 
     // Mid-feed: new connections go to B, the open ones are cut, A dies without cleaning up.
     gate.hold(); // the agent stays away until its sends were made offline
+    userGate.hold(); // the user stays away while the feed goes on: those events must be recovered
     relay.switch(nodeB.port);
     nodeA.proc.kill("SIGKILL");
     const task = await publishHttp(nodeB, "agent:a1", "task:assigned", { id: "task_kill9" });
@@ -429,9 +439,16 @@ test(
 
     // The pending request fails cleanly, and is not resent.
     const r = await within(outcome, 10_000, "the pending request to settle");
-    assert.ok(r.err, `the pending request resolved: ${JSON.stringify(r.ok)}`);
+    assert.ok(r.err instanceof GatewayError, `the pending request resolved: ${JSON.stringify(r.ok)} / ${r.err}`);
     assert.equal(r.err.code, "disconnected", `pending request: ${r.err.code} ${r.err.message}`);
-    assert.match(r.err.message, /connection closed/);
+    assert.equal(r.err.closeCode, 1006, "an abnormal close: no close frame from a killed node");
+
+    // Away long enough for the feed to move on without the user.
+    await waitFor(() => user.state === "reconnecting", 5000, "user reconnecting");
+    await waitFor(() => ticks.published >= atKill + 5, 5000, "the feed to move on");
+    const missed = ticks.published - got.length;
+    assert.ok(missed > 0, "events were published while the user was away");
+    userGate.release();
 
     // Sends made while the agent is disconnected wait in the offline queue.
     await waitFor(() => agent.state === "reconnecting", 5000, "agent reconnecting");
@@ -470,7 +487,7 @@ test(
     assert.ok(upstream.every((m) => m.headers.includes(`Gw-Node: ${nodeB.id}`)), "flushed through B");
 
     // Every feed event exactly once, in order (then a pause to catch any duplicate).
-    assert.equal(await within(feedDone, 15_000, "the feed"), 60);
+    assert.equal(await within(ticks.done, 15_000, "the feed"), 60);
     await waitFor(() => got.length >= 60, 10_000, `60 feed events (have ${got.length})`);
     await sleep(500);
     assert.deepEqual(
@@ -505,7 +522,7 @@ test(
     assert.equal(rpc.length, pending.seen + 1, "the failed request was not resent");
     const attempts = (c) => c.states.filter((s) => s === "reconnecting").length;
     t.diagnostic(
-      `feed events at the kill: ${atKill}/60; reconnect attempts: user ${attempts(user)}, agent ${attempts(agent)}; upstream headers: ${JSON.stringify(upstream[0].headers)}`,
+      `feed events at the kill: ${atKill}/60, published while the user was away: ${missed}; reconnect attempts: user ${attempts(user)}, agent ${attempts(agent)}`,
     );
   },
 );
