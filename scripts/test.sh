@@ -2,8 +2,10 @@
 # The one command that runs every test: installs what is missing (nats-server,
 # redis-server, nginx, Node packages, the Helm checkers), builds once, then runs the
 # suites side by side: the Rust tests (unit, golden, integration against real NATS/Redis
-# processes the harness starts on free ports), the TypeScript client's tests (unit, and
-# integration against the gateway binary just built), and the Helm chart checks.
+# processes the harness starts on free ports), the TypeScript client's tests (unit,
+# integration against the gateway binary just built, and the console: its committed
+# assets against a fresh build, and the page in headless Chromium against the binary),
+# and the Helm chart checks.
 # Exits non-zero when anything fails; each suite's output is kept whole, not interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."

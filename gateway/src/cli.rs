@@ -23,7 +23,7 @@ pub enum Command {
     /// Run a gateway node.
     Serve {
         /// Development mode: a throwaway JWT secret and admin key, listen on 127.0.0.1,
-        /// and print a ready token and URL.
+        /// and print a ready token, the console's URL with it, and a publish command.
         #[arg(long)]
         dev: bool,
     },

@@ -1,6 +1,6 @@
 //! The HTTP surface: the WebSocket handshake (`GET /ws` and any other `ws_paths`), health
-//! and readiness, metrics,
-//! and the admin API (`POST /api/publish`, `POST /api/disconnect`).
+//! and readiness, metrics, the admin API (`POST /api/publish`, `POST /api/disconnect`)
+//! and the console (`GET /console`, see [`crate::console`]).
 //!
 //! A handshake is checked completely before the upgrade — draining, origin, encoding,
 //! node capacity, per-IP limit, credentials, cluster-wide admission — so a refusal is an
@@ -52,6 +52,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/publish", post(publish))
         .route("/api/disconnect", post(disconnect))
+        .merge(crate::console::routes())
         .with_state(node)
 }
 

@@ -5,7 +5,7 @@
 //! presence and cluster-wide connection counts. Without NATS and Redis a node runs on
 //! in-process twins of both, through the same code paths.
 //!
-//! Rooms: [`config`], [`auth`], [`access`], [`http`], [`conn`], [`hub`], [`bus`],
+//! Rooms: [`config`], [`auth`], [`access`], [`http`], [`console`], [`conn`], [`hub`], [`bus`],
 //! [`presence`], [`lifecycle`], [`keys`], [`node`], [`listener`], [`server`], [`shutdown`], [`telemetry`], [`error`].
 
 pub mod access;
@@ -15,6 +15,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod history;

@@ -75,6 +75,7 @@ async fn serve(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
         let token = mint_user_token(&cfg.jwt_secret, &spec)?;
         let mut out = std::io::stdout();
         writeln!(out, "gateway --dev on http://{addr}")?;
+        writeln!(out, "  console:   http://{addr}/console?token={token}")?;
         writeln!(out, "  token:     {token}")?;
         writeln!(out, "  websocket: ws://{addr}/ws?token={token}")?;
         writeln!(

@@ -1,9 +1,9 @@
 //! `ws_paths` (contract §12): the HTTP paths that accept the WebSocket upgrade.
 
 /// Paths the node serves itself; a WebSocket path may not shadow them.
-const TAKEN: [&str; 3] = ["/health", "/ready", "/metrics"];
+const TAKEN: [&str; 4] = ["/health", "/ready", "/metrics", "/console"];
 /// Prefixes the node serves itself.
-const TAKEN_PREFIXES: [&str; 2] = ["/api/", "/socket.io"];
+const TAKEN_PREFIXES: [&str; 3] = ["/api/", "/socket.io", "/console/"];
 /// Longest accepted path.
 const MAX_LEN: usize = 128;
 
@@ -59,6 +59,8 @@ mod tests {
             &["/a//b"],
             &["/../x"],
             &["/health"],
+            &["/console"],
+            &["/console/x"],
             &["/api/publish"],
             &["/socket.io/"],
             &["/ws", "/ws"],
