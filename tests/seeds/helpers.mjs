@@ -72,6 +72,8 @@ export async function startGateway(seed, env = {}) {
       GATEWAY_DRAIN__DELAY_MS: "0",
       GATEWAY_DRAIN__PERIOD_MS: "200",
       RUST_LOG: process.env.RUST_LOG ?? "warn",
+      // The backend stub is on loopback: never through a proxy set in the environment.
+      NO_PROXY: `127.0.0.1,localhost${process.env.NO_PROXY ? "," + process.env.NO_PROXY : ""}`,
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
