@@ -5,6 +5,8 @@
 # processes the harness starts on free ports), the TypeScript client's tests (unit,
 # integration against the gateway binary just built, and the console: its committed
 # assets against a fresh build, and the page in headless Chromium against the binary),
+# the seed clients (the seed documents' JavaScript run unchanged against the binary with
+# deploy/examples/seed-*.toml),
 # and the Helm chart checks.
 # Exits non-zero when anything fails; each suite's output is kept whole, not interleaved.
 set -euo pipefail
@@ -17,11 +19,14 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
 
 # One build for everything (the tests start the gateway binary as a child process too),
-# and the TypeScript client's dependencies meanwhile.
+# and the Node packages (the TypeScript client's, the seed clients') meanwhile.
 (cd client-ts && npm ci --no-audit --no-fund --loglevel=error) &
 npm_pid=$!
+(cd tests/seeds && npm ci --no-audit --no-fund --loglevel=error) &
+seeds_npm_pid=$!
 cargo build --workspace --all-targets --locked
 wait "$npm_pid"
+wait "$seeds_npm_pid"
 
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
@@ -38,11 +43,12 @@ run rust bash -c 'if command -v cargo-nextest >/dev/null 2>&1; then
     cargo test --workspace --locked --no-fail-fast
   fi'
 run client-ts bash -c 'cd client-ts && npm run build && GATEWAY_BIN="$PWD/../target/debug/gateway" npm test'
+run seeds bash -c 'cd tests/seeds && GATEWAY_BIN="$PWD/../../target/debug/gateway" npm test'
 run helm bash scripts/check-helm.sh
 wait
 
 failed=0
-for name in rust client-ts helm; do
+for name in rust client-ts seeds helm; do
   rc="$(cat "$logs/$name.rc" 2>/dev/null || echo 1)"
   echo "===== $name (exit $rc) ====="
   cat "$logs/$name.log"
@@ -59,9 +65,11 @@ rp="$(count "$logs/rust.log" '[0-9]+ passed')"
 rf="$(count "$logs/rust.log" '[0-9]+ failed')"
 tp="$(count "$logs/client-ts.log" '# pass [0-9]+')"
 tf="$(count "$logs/client-ts.log" '# fail [0-9]+')"
+sp="$(count "$logs/seeds.log" '# pass [0-9]+')"
+sf="$(count "$logs/seeds.log" '# fail [0-9]+')"
 hp="$(count "$logs/helm.log" '[0-9]+ passed')"
 hf="$(count "$logs/helm.log" '[0-9]+ failed')"
-echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; helm: $hp passed, $hf failed"
+echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; seeds: $sp passed, $sf failed; helm: $hp passed, $hf failed"
 [ "$failed" = 0 ] || echo "test.sh: some suites failed" >&2
-echo "total: $((rp + tp + hp)) passed, $((rf + tf + hf + failed)) failed"
+echo "total: $((rp + tp + sp + hp)) passed, $((rf + tf + sf + hf + failed)) failed"
 exit "$failed"

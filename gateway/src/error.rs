@@ -9,7 +9,10 @@ use axum::{
 };
 use gateway_protocol::{CloseCode, ErrorBody, ErrorCode};
 
-use crate::{auth::AuthError, bus::BusError, events::EventRefused, history::HistoryError, presence::PresenceError};
+use crate::{
+    auth::AuthError, backend_http::BackendHttpError, bus::BusError, events::EventRefused, history::HistoryError,
+    presence::PresenceError, upstream::UpstreamError,
+};
 
 /// The HTTP status for an error code (handshake refusals and the HTTP API).
 pub fn http_status(code: ErrorCode) -> StatusCode {
@@ -84,6 +87,27 @@ impl From<&BusError> for ErrorBody {
     }
 }
 
+impl From<&BackendHttpError> for ErrorBody {
+    fn from(e: &BackendHttpError) -> Self {
+        let code = match e {
+            BackendHttpError::Timeout(_) => ErrorCode::Timeout,
+            BackendHttpError::Status(_) | BackendHttpError::Unreachable(_) => ErrorCode::Unavailable,
+            BackendHttpError::Backend(body) => return body.clone(),
+            BackendHttpError::BadReply(_) | BackendHttpError::Setup(_) => ErrorCode::Internal,
+        };
+        ErrorBody::new(code, e.to_string())
+    }
+}
+
+impl From<&UpstreamError> for ErrorBody {
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Bus(e) => e.into(),
+            UpstreamError::Http(e) => e.into(),
+        }
+    }
+}
+
 impl From<&EventRefused> for ErrorBody {
     fn from(e: &EventRefused) -> Self {
         let code = match e {
@@ -150,6 +174,19 @@ mod tests {
         let b: ErrorBody = (&AuthError::Invalid("x")).into();
         assert_eq!(close_code(b.code), CloseCode::Unauthorized);
         assert_eq!(http_status(ErrorCode::LimitExceeded), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn backend_http_errors_map_to_the_contracts_codes() {
+        use std::time::Duration;
+        let code = |e: BackendHttpError| ErrorBody::from(&UpstreamError::Http(e)).code;
+        assert_eq!(code(BackendHttpError::Timeout(Duration::from_secs(1))), ErrorCode::Timeout);
+        assert_eq!(code(BackendHttpError::Status(502)), ErrorCode::Unavailable);
+        assert_eq!(code(BackendHttpError::Unreachable("refused".into())), ErrorCode::Unavailable);
+        assert_eq!(code(BackendHttpError::BadReply("x".into())), ErrorCode::Internal);
+        let body = ErrorBody::new(ErrorCode::NotFound, "no such session");
+        assert_eq!(ErrorBody::from(&BackendHttpError::Backend(body.clone())), body);
+        assert_eq!(ErrorBody::from(&UpstreamError::Bus(BusError::NoResponders)).code, ErrorCode::Unavailable);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use axum::{
         ConnectInfo, Extension, Query, State, WebSocketUpgrade, rejection::QueryRejection,
         ws::rejection::WebSocketUpgradeRejection,
     },
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -91,8 +91,13 @@ fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(Strin
     q.get("apiKey").map(|k| (k.clone(), "query_api_key"))
 }
 
-/// The encoding: the first supported offered subprotocol, else `?format=`, else JSON.
-fn negotiate(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<(Encoding, bool), ApiError> {
+/// The encoding: the first supported offered subprotocol, else `?format=`, else the
+/// path's default (`ws_default_format`, JSON unless configured).
+fn negotiate(
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    default: Encoding,
+) -> Result<(Encoding, bool), ApiError> {
     let offered: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -115,12 +120,13 @@ fn negotiate(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<(Encodi
             "supported subprotocols: gateway.v1.json, gateway.v1.msgpack, gateway.v1.flat",
         ));
     }
-    Ok((Encoding::Json, false))
+    Ok((default, false))
 }
 
 async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     socket: Option<Extension<Arc<SocketCtl>>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
@@ -138,7 +144,16 @@ async fn upgrade(
     {
         return Err(refuse(ErrorCode::Forbidden, "origin", format!("origin {origin} is not allowed")));
     }
-    let (encoding, by_subprotocol) = negotiate(&headers, &q)?;
+    let (encoding, by_subprotocol) = negotiate(&headers, &q, node.cfg.default_encoding(uri.path()))?;
+    let credential = credential(&headers, &q);
+    if credential.is_none() && node.cfg.auth.require_credentials {
+        metrics::counter!(telemetry::AUTH_FAILURES, "reason" => "missing", "carrier" => "none").increment(1);
+        return Err(refuse(
+            ErrorCode::Unauthorized,
+            "auth",
+            "credentials required: Authorization, ?token=, X-API-Key or ?apiKey=",
+        ));
+    }
     let subscribe: Vec<String> = q
         .get("subscribe")
         .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
@@ -163,7 +178,7 @@ async fn upgrade(
     }
     let claim = Claim { node: node.clone(), ip };
     let connection_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
-    let authenticated = match credential(&headers, &q) {
+    let authenticated = match credential {
         None => None,
         Some((cred, carrier)) => {
             let identity = node.auth.authenticate(&cred).await.map_err(|e| {

@@ -6,10 +6,13 @@
 //! in-process twins of both, through the same code paths.
 //!
 //! Rooms: [`config`], [`auth`], [`access`], [`http`], [`console`], [`conn`], [`hub`], [`bus`],
-//! [`presence`], [`lifecycle`], [`keys`], [`node`], [`listener`], [`server`], [`shutdown`], [`telemetry`], [`error`].
+//! [`upstream`], [`backend_http`], [`presence`], [`lifecycle`], [`membership`], [`history`],
+//! [`events`], [`keys`], [`node`], [`listener`], [`server`], [`shutdown`], [`telemetry`],
+//! [`error`].
 
 pub mod access;
 pub mod auth;
+pub mod backend_http;
 pub mod bus;
 pub mod cache;
 pub mod cli;
@@ -30,6 +33,7 @@ pub mod presence;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::run;

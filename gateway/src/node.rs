@@ -27,6 +27,7 @@ use crate::{
     membership::Membership,
     presence::{NodeReport, Presence, Reaped},
     shutdown::Shutdown,
+    upstream::Upstream,
 };
 
 /// Everything a connection or handler needs, shared by reference count.
@@ -37,6 +38,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Events, upstream sends, requests and control between nodes and backends.
     pub bus: Arc<dyn Bus>,
+    /// Where client requests and upstream sends go: the bus, or the HTTP backend.
+    pub upstream: Arc<dyn Upstream>,
     /// Cluster-wide presence and connection counts.
     pub presence: Arc<dyn Presence>,
     /// Credential checks.
@@ -72,6 +75,7 @@ impl Node {
         cfg: Arc<Config>,
         hub: Arc<Hub>,
         bus: Arc<dyn Bus>,
+        upstream: Arc<dyn Upstream>,
         presence: Arc<dyn Presence>,
         history: Arc<dyn History>,
         auth: Arc<Authenticator>,
@@ -97,6 +101,7 @@ impl Node {
             cfg,
             hub,
             bus,
+            upstream,
             presence,
             auth,
             access,

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     auth::{Authenticator, KeyStore},
+    backend_http::BackendHttpError,
     bus::{Bus, BusError, Inbound, memory::MemoryBus, nats::NatsBus},
     config::{Config, ms},
     conn::handle::Close,
@@ -22,7 +23,7 @@ use crate::{
     node::{Node, NodeInbound},
     presence::{Presence, PresenceError, memory::MemoryPresence, redis::RedisPresence},
     shutdown::Shutdown,
-    telemetry,
+    telemetry, upstream,
 };
 
 /// Why a node could not start.
@@ -37,6 +38,9 @@ pub enum ServerError {
     /// A credential key could not be loaded.
     #[error("auth: {0}")]
     Auth(String),
+    /// The HTTP backend's client could not be built.
+    #[error("backend_http: {0}")]
+    Backend(#[from] BackendHttpError),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -55,7 +59,18 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
         tasks.spawn(maintain_history(history.clone(), shutdown.stop_token()));
         let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(inbound, history.clone()));
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(ms(cfg.presence.lease_ms)));
-        return Ok(Arc::new(Node::new(cfg, hub, bus, presence, history, auth, shutdown.clone(), tasks.clone())));
+        let upstream = upstream::build(&cfg, bus.clone())?;
+        return Ok(Arc::new(Node::new(
+            cfg,
+            hub,
+            bus,
+            upstream,
+            presence,
+            history,
+            auth,
+            shutdown.clone(),
+            tasks.clone(),
+        )));
     }
     if !crate::events::SystemSigner::new(&cfg).1 {
         tracing::warn!(
@@ -78,7 +93,8 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
     };
     tasks.spawn(maintain_history(history.clone(), shutdown.stop_token()));
     let bus: Arc<dyn Bus> = Arc::new(nats);
-    Ok(Arc::new(Node::new(cfg, hub, bus, presence, history, auth, shutdown.clone(), tasks.clone())))
+    let upstream = upstream::build(&cfg, bus.clone())?;
+    Ok(Arc::new(Node::new(cfg, hub, bus, upstream, presence, history, auth, shutdown.clone(), tasks.clone())))
 }
 
 /// History upkeep every few seconds (expiry, epoch checks), until stopped.

@@ -60,6 +60,11 @@ pub const DELIVERY_LATENCY: &str = "gateway_delivery_latency_seconds";
 pub const REQUESTS: &str = "gateway_requests_total";
 /// Backend request duration.
 pub const REQUEST_SECONDS: &str = "gateway_request_seconds";
+/// Calls to the HTTP backend (`backend_http`), by `op` (rpc|up) and `outcome`
+/// (ok|timeout|status|unreachable|bad_reply).
+pub const BACKEND_HTTP_CALLS: &str = "gateway_backend_http_calls_total";
+/// Duration of calls to the HTTP backend, by `op`.
+pub const BACKEND_HTTP_SECONDS: &str = "gateway_backend_http_seconds";
 /// 1 when a fabric component is reachable, by `component` (nats|redis).
 pub const FABRIC_UP: &str = "gateway_fabric_up";
 /// Fabric disconnections observed, by `component`.

@@ -4,13 +4,18 @@
 //! Top-level keys map to the contract's fixed names (`GATEWAY_LISTEN`, `GATEWAY_NATS_URL`,
 //! …); nested keys use a double underscore (`GATEWAY_LIMITS__PER_AGENT=3`).
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
-use gateway_protocol::{Namespace, channel::valid_id};
+use gateway_protocol::{Encoding, Namespace, channel::valid_id};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A configuration that could not be loaded.
@@ -119,8 +124,14 @@ pub struct Config {
     /// to the bare host).
     #[serde(deserialize_with = "string_or_list")]
     pub ws_paths: Vec<String>,
+    /// The encoding per `ws_paths` entry when a client names none (subprotocol and
+    /// `?format=` still win), e.g. `{ "/" = "flat" }`; unlisted paths default to JSON.
+    #[serde(deserialize_with = "compat::path_map")]
+    pub ws_default_format: BTreeMap<String, String>,
     /// Agent status and backend hooks.
     pub lifecycle: LifecycleConfig,
+    /// A backend reached over HTTP for requests and upstream sends (no NATS needed).
+    pub backend_http: BackendHttpConfig,
 }
 
 /// The history one namespace keeps (contract §9): per channel, the last `size` events,
@@ -204,6 +215,9 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// How long a Redis API-key lookup is cached.
     pub key_cache_ms: u64,
+    /// Refuse a handshake without credentials (401) instead of waiting for an in-band
+    /// `authenticate`.
+    pub require_credentials: bool,
 }
 
 /// Size and count limits.
@@ -297,6 +311,8 @@ pub struct ChannelsConfig {
     pub presence: Vec<Namespace>,
     /// How long a `proxy` policy answer is cached.
     pub proxy_cache_ms: u64,
+    /// Channels each principal kind joins at connect (permissions apply).
+    pub auto_join: AutoJoin,
 }
 
 /// Graceful drain timings.
@@ -360,7 +376,9 @@ impl Default for Config {
             fabric: FabricConfig::default(),
             history: HistoryConfig::default(),
             ws_paths: ws_paths::default_ws_paths(),
+            ws_default_format: BTreeMap::new(),
             lifecycle: LifecycleConfig::default(),
+            backend_http: BackendHttpConfig::default(),
         }
     }
 }
@@ -373,6 +391,7 @@ impl Default for AuthConfig {
             auth_timeout_ms: 5_000,
             leeway_secs: 0,
             key_cache_ms: 5_000,
+            require_credentials: false,
         }
     }
 }
@@ -423,6 +442,7 @@ impl Default for ChannelsConfig {
             publish: vec![Namespace::Session],
             presence: vec![Namespace::Session, Namespace::Project],
             proxy_cache_ms: 10_000,
+            auto_join: AutoJoin::default(),
         }
     }
 }
@@ -571,6 +591,15 @@ impl Config {
         if let Err(reason) = ws_paths::check(&self.ws_paths) {
             return invalid("ws_paths", &reason);
         }
+        if let Err(reason) = compat::check_default_formats(&self.ws_default_format, &self.ws_paths) {
+            return invalid("ws_default_format", &reason);
+        }
+        if let Err(reason) = self.channels.auto_join.check(self.limits.max_channels) {
+            return invalid("channels.auto_join", &reason);
+        }
+        if let Err((key, reason)) = self.backend_http.check() {
+            return invalid(key, &reason);
+        }
         if let Err(e) = self.lifecycle.parsed() {
             return invalid("lifecycle.agent_status_channel", &format!("must be a channel name or empty: {e}"));
         }
@@ -598,6 +627,11 @@ impl Config {
         Ok(out)
     }
 
+    /// The encoding of a connection to `path` that names none (`ws_default_format`).
+    pub fn default_encoding(&self, path: &str) -> Encoding {
+        self.ws_default_format.get(path).and_then(|f| Encoding::from_format(f)).unwrap_or_default()
+    }
+
     /// True when NATS and Redis are configured (a cluster node); false for the embedded twins.
     pub fn clustered(&self) -> bool {
         !self.nats_url.is_empty()
@@ -618,9 +652,11 @@ fn default_node_id() -> String {
     format!("node-{}", &uuid[..8])
 }
 
+pub mod compat;
 mod lifecycle;
 #[cfg(test)]
 mod tests;
 pub mod ws_paths;
 
+pub use compat::{AutoJoin, BackendHttpConfig};
 pub use lifecycle::LifecycleConfig;

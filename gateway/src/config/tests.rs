@@ -79,3 +79,37 @@ fn env_overrides_file() {
         Ok(())
     });
 }
+
+#[test]
+fn seed_compatibility_keys() {
+    let c = with(&[]).unwrap();
+    assert!(!c.auth.require_credentials && !c.backend_http.enabled());
+    assert!(c.channels.auto_join.user.is_empty() && c.ws_default_format.is_empty());
+    assert_eq!(c.default_encoding("/ws"), gateway_protocol::Encoding::Json);
+    let c = with(&[
+        ("ws_paths", r#"["/ws", "/"]"#),
+        ("ws_default_format", r#"{ "/" = "flat" }"#),
+        ("auth", "{ require_credentials = true }"),
+        ("channels", r#"{ auto_join = { user = ["broadcast:agents"] } }"#),
+        ("backend_http", r#"{ url = "http://127.0.0.1:4000", token = "s3cret" }"#),
+    ])
+    .unwrap();
+    assert_eq!(c.default_encoding("/"), gateway_protocol::Encoding::Flat);
+    assert_eq!(c.default_encoding("/ws"), gateway_protocol::Encoding::Json);
+    assert!(c.auth.require_credentials && c.backend_http.enabled());
+    assert_eq!(c.channels.auto_join.user, vec!["broadcast:agents".to_owned()]);
+    // The environment's forms: `path=format` pairs and comma lists.
+    let c = with(&[("ws_paths", r#""/ws,/""#), ("ws_default_format", r#""/=flat, /ws=msgpack""#)]).unwrap();
+    assert_eq!(c.default_encoding("/ws"), gateway_protocol::Encoding::MsgPack);
+    let c = with(&[("channels", r#"{ auto_join = { agent = "broadcast:a, broadcast:b" } }"#)]).unwrap();
+    assert_eq!(c.channels.auto_join.agent.len(), 2);
+    for (key, value, named) in [
+        ("ws_default_format", r#"{ "/" = "flat" }"#, "ws_default_format"),
+        ("ws_default_format", r#"{ "/ws" = "xml" }"#, "ws_default_format"),
+        ("channels", r#"{ auto_join = { user = ["agents"] } }"#, "channels.auto_join"),
+        ("backend_http", r#"{ url = "https://b" }"#, "backend_http.url"),
+    ] {
+        let e = with(&[(key, value)]).unwrap_err().to_string();
+        assert!(e.contains(named), "{value}: {e}");
+    }
+}

@@ -2,9 +2,10 @@
 //! WebSocket messages, so the whole lifecycle runs in unit tests over in-memory channels.
 //!
 //! Phases: optional in-band `authenticate` (bounded by the auth timeout) → admission →
-//! `connected` and auto-subscriptions → a reader (frames, heartbeat, token expiry) and a
-//! writer (the outbound queue, in batches) running side by side until either ends or a
-//! close is asked for → a final `disconnecting` + close frame (bounded) → cleanup.
+//! `connected` and the first channels (its own, `channels.auto_join`, `?subscribe=`) →
+//! a reader (frames, heartbeat, token expiry) and a writer (the outbound queue, in
+//! batches) running side by side until either ends or a close is asked for → a final
+//! `disconnecting` + close frame (bounded) → cleanup.
 
 use std::{sync::Arc, time::Duration};
 
@@ -137,6 +138,7 @@ where
         PrincipalKind::Agent => Namespace::Agent,
     };
     let mut names: Vec<String> = Channel::new(own, &identity.principal.id).map(|c| c.to_string()).into_iter().collect();
+    names.extend(node.cfg.channels.auto_join.of(kind).iter().cloned());
     names.extend(start.subscribe);
     let (_, rejected, _) = session.subscribe(&names, None, &Default::default()).await;
     session.report_rejections(rejected);

@@ -11,8 +11,8 @@ use std::{
 
 use axum::extract::ws::Message;
 use gateway_protocol::{
-    Channel, ClientFrame, ClientTimestamp, CloseCode, DisconnectReason, ErrorBody, ErrorCode, EventName, Namespace,
-    PrincipalKind, ServerFrame, StreamPosition, now_ms,
+    Channel, ClientFrame, CloseCode, DisconnectReason, ErrorBody, ErrorCode, EventName, Namespace, PrincipalKind,
+    ServerFrame, StreamPosition, now_ms,
 };
 use serde_json::{Value, json};
 
@@ -21,9 +21,10 @@ use super::{
     handle::{Close, ConnHandle},
     ratelimit::{FrameLimiter, Verdict},
 };
-use crate::{auth::Identity, bus::Correlation, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
+use crate::{auth::Identity, config::ms, hub::to_message, node::Node, presence::ConnRef, telemetry};
 
 mod requests;
+mod sends;
 
 /// Longest accepted method name.
 pub const MAX_NAME_LEN: usize = 128;
@@ -73,6 +74,9 @@ pub struct Session {
     protocol_errors: u32,
     /// Backend requests in flight.
     inflight: Arc<AtomicUsize>,
+    /// Upstream sends waiting for a backend that answers each (HTTP), worked in order
+    /// by one task; started with the first such send.
+    sends: Option<sends::SendQueue>,
     /// The connection's place in the cluster-wide count, released at the end.
     admission: Admission,
     /// Set by [`Session::finish`]; a session dropped without it cleans up in `Drop`.
@@ -92,6 +96,7 @@ impl Session {
             limiter,
             protocol_errors: 0,
             inflight: Arc::default(),
+            sends: None,
             admission,
             finished: false,
         }
@@ -212,7 +217,7 @@ impl Session {
             ClientFrame::Request { id, method, params } => self.request(id, method, params).await,
             ClientFrame::Publish { id, channel, event, data } => self.publish(id, &channel, event, data).await,
             ClientFrame::Send { id, event, data, correlation_id, timestamp } => {
-                self.send(id, &event, &data, correlation_id.as_deref(), timestamp.as_ref()).await
+                self.send(id, event, data, correlation_id, timestamp).await
             }
             ClientFrame::Refresh { id, token } => self.refresh(id, &token).await,
             ClientFrame::Ping => self.reply(&ServerFrame::Pong { ts: now_ms() }),
@@ -327,33 +332,6 @@ impl Session {
         }
         metrics::counter!(telemetry::PUBLISHED, "source" => "client").increment(1);
         match self.node.bus.publish(&ev).await {
-            Ok(()) => self.ack(id),
-            Err(e) => self.fail(id, (&e).into()),
-        }
-    }
-
-    /// An upstream `send`, with what the client said about it passed on as headers.
-    async fn send(
-        &mut self,
-        id: Option<String>,
-        event: &EventName,
-        data: &Value,
-        correlation_id: Option<&str>,
-        timestamp: Option<&ClientTimestamp>,
-    ) {
-        // The same rule on every bus: the name must map onto an upstream subject.
-        if crate::bus::upstream_subject(&self.node.cfg.subject_prefix, event).is_none() {
-            return self.fail(
-                id,
-                ErrorBody::new(ErrorCode::BadRequest, "event must be [A-Za-z0-9_-] tokens separated by ':' or '.'"),
-            );
-        }
-        let correlation = Correlation {
-            message_id: id.as_deref(),
-            correlation_id,
-            client_ts: timestamp.map(ClientTimestamp::to_text),
-        };
-        match self.node.bus.send_upstream(&self.conn_ref(), event, data, &correlation).await {
             Ok(()) => self.ack(id),
             Err(e) => self.fail(id, (&e).into()),
         }

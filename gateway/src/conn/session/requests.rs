@@ -1,5 +1,6 @@
 //! Built-in request methods (`channels.list`, `presence.get`, `presence.stats`,
-//! `history.get`) and the forwarding of every other method to backends on a tracked task.
+//! `history.get`) and the forwarding of every other method to backends (the bus, or the
+//! HTTP backend) on a tracked task.
 
 use std::sync::atomic::Ordering;
 
@@ -7,7 +8,15 @@ use gateway_protocol::{Channel, ErrorBody, ErrorCode, HISTORY_GET, HistoryPage, 
 use serde_json::{Value, json};
 
 use super::{MAX_NAME_LEN, Session};
-use crate::{bus::Origin, config::ms, history::ReadFrom, hub::to_message, membership::Membership, telemetry};
+use crate::{
+    bus::{Correlation, Origin},
+    config::ms,
+    history::ReadFrom,
+    hub::to_message,
+    membership::Membership,
+    telemetry,
+    upstream::UpstreamError,
+};
 
 impl Session {
     pub(super) async fn request(&mut self, id: String, method: String, params: Value) {
@@ -104,18 +113,14 @@ impl Session {
         self.node.tasks.spawn(async move {
             let started = std::time::Instant::now();
             let origin = Origin { principal: &principal, conn: &handle.connection_id, node: node.id() };
-            let call = node.bus.request(&origin, &method, &params, timeout);
+            let correlation = Correlation { message_id: Some(&id), ..Correlation::default() };
+            let call = node.upstream.request(&origin, &method, &params, &correlation, timeout);
             let outcome = tokio::select! {
                 r = call => r,
                 _ = handle.closed() => { inflight.fetch_sub(1, Ordering::AcqRel); return; }
                 _ = node.shutdown.stopped() => { inflight.fetch_sub(1, Ordering::AcqRel); return; }
             };
-            let label = match &outcome {
-                Ok(_) => "ok",
-                Err(crate::bus::BusError::Timeout(_)) => "timeout",
-                Err(crate::bus::BusError::NoResponders) => "no_responders",
-                Err(_) => "error",
-            };
+            let label = outcome.as_ref().map_or_else(UpstreamError::label, |_| "ok");
             metrics::counter!(telemetry::REQUESTS, "outcome" => label).increment(1);
             metrics::histogram!(telemetry::REQUEST_SECONDS).record(started.elapsed().as_secs_f64());
             let frame = match outcome {
