@@ -5,7 +5,7 @@
 //! gateway-bench fanout  [--n 10000 --rate 20 --duration 10] [--find-max]
 //! gateway-bench cluster [--nodes 3 --n 9000 --deliveries 20000 --duration 10]
 //! gateway-bench churn   [--cycles 100000 --concurrency 64]
-//! gateway-bench resume  [--subscribers 6000 --channels 60 --rate 2000 --duration 30 --kill-after 15]
+//! gateway-bench resume  [--subscribers 6000 --channels 60 --rate 500 --duration 30 --kill-after 15]
 //! ```
 //!
 //! By default it starts what it needs: `nats-server -js` and `redis-server` on free ports
@@ -60,7 +60,7 @@ struct Args {
     /// Connections (idle, fanout, cluster, resume). Defaults: 15000 / 10000 / 9000 / 6000.
     #[arg(long, visible_alias = "subscribers")]
     n: Option<u64>,
-    /// Events per second published (all channels together). Defaults: fanout 20, resume 2000.
+    /// Events per second published (all channels together). Defaults: fanout 20, resume 500.
     #[arg(long)]
     rate: Option<f64>,
     /// Target deliveries per second (sets the rate from the subscriber count). Default cluster 20000.

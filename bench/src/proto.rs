@@ -113,6 +113,8 @@ pub struct TrackReport {
     pub reconnected: u64,
     /// Clients that gave up reconnecting, by the last failure.
     pub gave_up: BTreeMap<String, u64>,
+    /// Failed reconnect attempts (retried), by reason.
+    pub retries: BTreeMap<String, u64>,
     /// Resubscribe answers with `recovered: true` / `false` / no entry for the channel.
     pub recovered_true: u64,
     /// `recovered: false`.

@@ -86,6 +86,7 @@ pub struct Tracked {
     recovered: [AtomicU64; 3],
     close_codes: Mutex<BTreeMap<String, u64>>,
     gave_up: Mutex<BTreeMap<String, u64>>,
+    retries: Mutex<BTreeMap<String, u64>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -117,6 +118,7 @@ impl Tracked {
             recovered: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             close_codes: Mutex::new(BTreeMap::new()),
             gave_up: Mutex::new(BTreeMap::new()),
+            retries: Mutex::new(BTreeMap::new()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -258,6 +260,7 @@ impl Tracked {
                 Err(_) => last = "timeout".into(),
             }
             lock(track).replaying = false;
+            *lock(&self.retries).entry(last.clone()).or_default() += 1;
             sleep(Duration::from_millis((100 * (attempt + 1)).min(1_000))).await;
         }
         Err(last)
@@ -396,6 +399,7 @@ pub fn report(st: &Tracked, published: &[u64]) -> Ev {
         replayed: get(&st.replayed),
         close_codes: lock(&st.close_codes).clone(),
         gave_up: lock(&st.gave_up).clone(),
+        retries: lock(&st.retries).clone(),
         ..TrackReport::default()
     };
     for t in lock(&st.tracks).iter() {
