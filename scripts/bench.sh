@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the four load scenarios of issue 4 at the issue's sizes against freshly started
+# Runs the load scenarios of issue 4 (and issue 8's resume) at their sizes against freshly started
 # release nodes (and NATS + Redis where needed), printing each table and its
 # `BENCH_JSON {…}` line:
 #   idle     15,000 authenticated, subscribed connections on one node   (RSS/conn <= 8 KiB)
@@ -7,9 +7,14 @@
 #            (>= 99% delivered, p99 <= 50 ms)
 #   cluster  3 nodes x 3,000 subscribers, 20,000 deliveries/s           (p50 <= 1 ms, p99 <= 5 ms)
 #   churn    100,000 connect/subscribe/disconnect cycles               (RSS within 5%, tables empty)
+#   resume   3 nodes, 6,000 subscribers on 60 history channels, 500 events/s; node 0
+#            kill -9'd, its clients resume elsewhere with recover      (nothing lost or twice,
+#            catch-up time, history's CPU per delivery vs broadcast)
+#   resume-2000  the same at issue 8's 2,000 events/s (saturates a 2-core machine; not
+#            in the default list)
 #
 # Needs nats-server and redis-server on PATH (scripts/install-deps.sh).
-# Usage: scripts/bench.sh [scenario ...]     (default: all four)
+# Usage: scripts/bench.sh [scenario ...]     (default: all of them)
 # Env:   BENCH_ARGS   extra arguments for every run (e.g. "--duration 5")
 #        BENCH_OUT    file to append all output to (default: none)
 set -euo pipefail
@@ -19,7 +24,7 @@ cargo build --release -p gateway -p gateway-bench
 BENCH=target/release/gateway-bench
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-max cluster churn)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-max cluster churn resume)
 
 run() {
   echo
@@ -42,7 +47,9 @@ for s in "${scenarios[@]}"; do
     cluster)    run cluster --nodes 3 --n 9000 --deliveries 20000 --duration 10 || status=1
                 run cluster --nodes 3 --n 9000 --deliveries 20000 --duration 10 --channels 300 || status=1 ;;
     churn)      run churn --cycles 100000 || status=1 ;;
-    *) echo "unknown scenario: $s (idle|fanout|fanout-max|cluster|churn)" >&2; status=2 ;;
+    resume)     run resume --subscribers 6000 --channels 60 --rate 500 --duration 30 --kill-after 15 || status=1 ;;
+    resume-2000) run resume --subscribers 6000 --channels 60 --rate 2000 --duration 30 --kill-after 15 || status=1 ;;
+    *) echo "unknown scenario: $s (idle|fanout|fanout-max|cluster|churn|resume|resume-2000)" >&2; status=2 ;;
   esac
 done
 exit $status

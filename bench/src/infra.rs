@@ -156,6 +156,11 @@ impl Nats {
     pub async fn stop(self) {
         kill(self.child).await;
     }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 /// A `redis-server` without persistence on a free port.
@@ -300,6 +305,15 @@ impl Node {
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
         let body = http_client().get(format!("{}/metrics", self.http)).send().await?.text().await?;
         Ok(Metrics::parse(&body))
+    }
+
+    /// `kill -9`s a node the bench started and reaps it (bounded); false for a `--target`
+    /// node or one already killed.
+    pub async fn kill9(&mut self) -> bool {
+        let Some(c) = self.child.take() else { return false };
+        kill(c).await;
+        self.pid = None;
+        true
     }
 
     /// Stops a node the bench started (SIGKILL; nothing to drain for).

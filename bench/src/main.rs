@@ -5,6 +5,7 @@
 //! gateway-bench fanout  [--n 10000 --rate 20 --duration 10] [--find-max]
 //! gateway-bench cluster [--nodes 3 --n 9000 --deliveries 20000 --duration 10]
 //! gateway-bench churn   [--cycles 100000 --concurrency 64]
+//! gateway-bench resume  [--subscribers 6000 --channels 60 --rate 500 --duration 30 --kill-after 15]
 //! ```
 //!
 //! By default it starts what it needs: `nats-server -js` and `redis-server` on free ports
@@ -24,6 +25,7 @@ mod report;
 mod scenario;
 mod setup;
 mod token;
+mod tracked;
 mod worker;
 
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ enum Scenario {
     Cluster,
     /// Connect/subscribe/disconnect cycles; RSS drift and empty tables.
     Churn,
+    /// History channels on 3 nodes under load; one node is `kill -9`ed and its clients
+    /// resume elsewhere with `recover`: losses, duplicates, catch-up time, history's cost.
+    Resume,
     /// Internal: a client worker process driven over stdin/stdout.
     #[value(hide = true)]
     Worker,
@@ -52,21 +57,31 @@ enum Scenario {
 struct Args {
     /// Scenario.
     scenario: Scenario,
-    /// Connections (idle, fanout, cluster). Defaults: 15000 / 10000 / 9000.
-    #[arg(long)]
+    /// Connections (idle, fanout, cluster, resume). Defaults: 15000 / 10000 / 9000 / 6000.
+    #[arg(long, visible_alias = "subscribers")]
     n: Option<u64>,
-    /// Events per second published (all channels together). Default fanout 20.
+    /// Events per second published (all channels together). Defaults: fanout 20, resume 500.
     #[arg(long)]
     rate: Option<f64>,
     /// Target deliveries per second (sets the rate from the subscriber count). Default cluster 20000.
     #[arg(long)]
     deliveries: Option<f64>,
-    /// Seconds each measured publishing phase lasts.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    /// Seconds each measured publishing phase lasts (resume: the whole publishing on
+    /// history channels, the kill included). Defaults: 10; resume 30.
+    #[arg(long)]
+    duration: Option<f64>,
     /// Shared channels the subscribers are spread over (the publisher round-robins them).
-    #[arg(long, default_value_t = 1)]
-    channels: usize,
+    /// Defaults: 1; resume 60.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// resume: seconds after publishing on history channels began that one node is
+    /// `kill -9`ed (default: half of --duration).
+    #[arg(long)]
+    kill_after: Option<f64>,
+    /// resume: a client of the killed node reconnects after a uniform random delay of
+    /// 0..=this many ms.
+    #[arg(long, default_value_t = 1000)]
+    jitter_ms: u64,
     /// Event body size on NATS in bytes (`{"event","data"}`).
     #[arg(long, default_value_t = 200)]
     payload: usize,
@@ -141,6 +156,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Fanout => scenario::fanout::run(&args, false).await,
         Scenario::Cluster => scenario::fanout::run(&args, true).await,
         Scenario::Churn => scenario::churn::run(&args).await,
+        Scenario::Resume => scenario::resume::run(&args).await,
         Scenario::Worker => Ok(()),
     }
 }

@@ -167,10 +167,23 @@ impl Pool {
 
     /// Opens `n` connections split between the workers, printing progress to stderr.
     pub async fn connect(&mut self, n: u64, template: &ConnectSpec, limit: Duration) -> anyhow::Result<ConnectOutcome> {
+        self.connect_with(n, limit, |first, count| {
+            Cmd::Connect(ConnectSpec { clients: template.clients.share(first, count), ..template.clone() })
+        })
+        .await
+    }
+
+    /// Opens `n` connections split between the workers, worker by worker with the
+    /// command `cmd(first, count)` for its share; printing progress to stderr.
+    pub async fn connect_with(
+        &mut self,
+        n: u64,
+        limit: Duration,
+        cmd: impl Fn(u64, u64) -> Cmd,
+    ) -> anyhow::Result<ConnectOutcome> {
         let shares = split(n, self.workers.len());
         for (w, (first, count)) in self.workers.iter_mut().zip(shares) {
-            let spec = ConnectSpec { clients: template.clients.share(first, count), ..template.clone() };
-            w.send(&Cmd::Connect(spec)).await?;
+            w.send(&cmd(first, count)).await?;
         }
         let answers = self.gather(limit, n, "connected").await?;
         let mut out = ConnectOutcome { totals: Totals::new(), ready: new_hist() };
@@ -260,6 +273,15 @@ impl Pool {
                 merge_counts(&mut out.close_codes, &close_codes);
                 hist_add(&mut out.latency, &latency);
             }
+        }
+        Ok(out)
+    }
+
+    /// Sends `cmd` to every worker in turn; their answers, in worker order.
+    pub async fn call_all(&mut self, cmd: &Cmd, limit: Duration) -> anyhow::Result<Vec<Ev>> {
+        let mut out = Vec::with_capacity(self.workers.len());
+        for w in &mut self.workers {
+            out.push(w.call(cmd, limit).await?);
         }
         Ok(out)
     }

@@ -62,6 +62,71 @@ pub struct ChurnSpec {
     pub deadline_ms: u64,
 }
 
+/// The `resume` scenario's subscribers: each tracks the per-channel sequence numbers it
+/// received and its last history position, and after losing its connection reconnects
+/// (after a random delay) to another node and resumes with `recover`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeSpec {
+    /// Who connects, where, and this worker's share.
+    #[serde(flatten)]
+    pub clients: Clients,
+    /// Channels with history; connection `i` joins `history[i % len]`.
+    pub history: Vec<String>,
+    /// Channels without history; connection `i` joins `plain[i % len]` too.
+    pub plain: Vec<String>,
+    /// Handshakes in flight at once during the first connect.
+    pub concurrency: usize,
+    /// Bound of one handshake (TCP + upgrade + `connected` + subscribe).
+    pub timeout_ms: u64,
+    /// A lost connection reconnects after a uniform random delay in `0..=jitter_ms`.
+    pub jitter_ms: u64,
+}
+
+/// What a worker's `resume` clients saw so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrackReport {
+    /// Clients started (open or not).
+    pub clients: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Bench events received on history channels (duplicates included).
+    pub history_received: u64,
+    /// Bench events received on channels without history.
+    pub plain_received: u64,
+    /// Published sequence numbers a client never received, summed over clients.
+    pub lost: u64,
+    /// Sequence numbers a client received more than once (each extra copy counts).
+    pub duplicated: u64,
+    /// Events that arrived with a lower sequence number than one received before.
+    pub out_of_order: u64,
+    /// Clients that miss at least one event.
+    pub clients_with_loss: u64,
+    /// Clients that got at least one event twice.
+    pub clients_with_dup: u64,
+    /// Most events one client lost.
+    pub max_lost: u64,
+    /// Most duplicates of one client.
+    pub max_dup: u64,
+    /// Connections lost, by close code (or `eof`/`error`).
+    pub close_codes: BTreeMap<String, u64>,
+    /// Reconnects that reached `subscribed`.
+    pub reconnected: u64,
+    /// Clients that gave up reconnecting, by the last failure.
+    pub gave_up: BTreeMap<String, u64>,
+    /// Failed reconnect attempts (retried), by reason.
+    pub retries: BTreeMap<String, u64>,
+    /// Resubscribe answers with `recovered: true` / `false` / no entry for the channel.
+    pub recovered_true: u64,
+    /// `recovered: false`.
+    pub recovered_false: u64,
+    /// No `recovered` entry for the channel (or no position to recover from).
+    pub recovered_missing: u64,
+    /// Events that arrived between the resubscribe and its answer (the replay).
+    pub replayed: u64,
+    /// Per resume: (µs since the epoch of the answer, of the first live event after it; 0 = none yet).
+    pub resumes: Vec<(u64, u64)>,
+}
+
 /// Parent → worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -80,6 +145,13 @@ pub enum Cmd {
     },
     /// Run churn cycles.
     Churn(ChurnSpec),
+    /// Open and hold `resume` clients.
+    Resume(ResumeSpec),
+    /// Report the `resume` clients; `published[c]` = events published on history channel `c`.
+    Track {
+        /// Events published per history channel (sequence numbers `1..=n`).
+        published: Vec<u64>,
+    },
     /// Close every connection and exit.
     Close,
 }
@@ -143,6 +215,8 @@ pub enum Ev {
         /// When the phase's last event arrived (µs since the epoch; 0 = none).
         last_us: u64,
     },
+    /// The `resume` clients' counts.
+    Tracked(TrackReport),
     /// A churn run ended: `ok` counts cycles that completed.
     ChurnDone(Tally),
     /// Connections closed; the worker exits.

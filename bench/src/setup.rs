@@ -106,6 +106,20 @@ impl Setup {
         (!v.is_empty()).then(|| v.iter().sum())
     }
 
+    /// CPU seconds of the NATS server the bench started.
+    pub fn nats_cpu_secs(&self) -> Option<f64> {
+        self.nats.as_ref().and_then(Nats::pid).and_then(infra::cpu_secs)
+    }
+
+    /// `kill -9`s node `i` (one the bench started); its probes answer nothing from then on.
+    pub async fn kill9(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(i).context("no such node")?;
+        if !node.kill9().await {
+            bail!("node {i} was not started by the bench");
+        }
+        Ok(())
+    }
+
     /// Summed RSS of the nodes whose pid is known (None when none is).
     pub fn rss_kib(&self) -> Option<u64> {
         let v: Vec<u64> = self.nodes.iter().filter_map(Node::rss_kib).collect();

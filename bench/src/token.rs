@@ -13,12 +13,17 @@ struct Claims<'a> {
     sub: &'a str,
     exp: u64,
     iat: u64,
-    projects: [&'a str; 0],
+    projects: &'a [&'a str],
 }
 
-/// An HS256 user token for `sub`.
+/// An HS256 user token for `sub`, member of no project.
 pub fn mint(secret: &str, sub: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    mint_with_projects(secret, sub, &[])
+}
+
+/// An HS256 user token for `sub`, member of `projects` (`["*"]`: every project).
+pub fn mint_with_projects(secret: &str, sub: &str, projects: &[&str]) -> Result<String, jsonwebtoken::errors::Error> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let claims = Claims { sub, exp: now + TTL_SECS, iat: now, projects: [] };
+    let claims = Claims { sub, exp: now + TTL_SECS, iat: now, projects };
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }

@@ -33,17 +33,19 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     proto::{ChurnSpec, Cmd, ConnectSpec, Ev, Tally, hist_pairs, new_hist},
     token::mint,
+    tracked::{self, Tracked},
 };
 
-type Ws = WebSocketStream<TcpStream>;
+/// A client WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// How long closing every held connection may take.
 const CLOSE_ALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one close handshake may take.
-const CLOSE_ONE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CLOSE_ONE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Writes one event line to stdout.
-fn emit(ev: &Ev) {
+pub fn emit(ev: &Ev) {
     if let Ok(line) = serde_json::to_string(ev) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
@@ -70,7 +72,8 @@ struct State {
     tasks: TaskTracker,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, also when a holder panicked.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -80,7 +83,7 @@ pub fn now_us() -> u64 {
 }
 
 /// The unsigned number following `key` in `s` (keys are written without spaces).
-fn num_after(s: &str, key: &str) -> Option<u64> {
+pub fn num_after(s: &str, key: &str) -> Option<u64> {
     let i = s.find(key)? + key.len();
     let digits: &str = {
         let rest = &s[i..];
@@ -140,12 +143,13 @@ impl State {
 
 /// A parsed target: the URL for the upgrade request and the address to connect to.
 #[derive(Clone)]
-struct Target {
+pub struct Target {
     url: String,
     addr: SocketAddr,
 }
 
-fn parse_targets(urls: &[String]) -> anyhow::Result<Vec<Target>> {
+/// Parses `ws://host:port/…` targets (IPv4 only).
+pub fn parse_targets(urls: &[String]) -> anyhow::Result<Vec<Target>> {
     urls.iter()
         .map(|u| {
             let rest = u.strip_prefix("ws://").with_context(|| format!("{u}: only ws:// targets"))?;
@@ -161,7 +165,7 @@ fn parse_targets(urls: &[String]) -> anyhow::Result<Vec<Target>> {
 }
 
 /// A short failure reason for the error table.
-fn reason(e: &tungstenite::Error) -> String {
+pub fn reason(e: &tungstenite::Error) -> String {
     match e {
         tungstenite::Error::Http(resp) => format!("http_{}", resp.status().as_u16()),
         tungstenite::Error::Io(io) => format!("io_{:?}", io.kind()),
@@ -174,7 +178,12 @@ fn reason(e: &tungstenite::Error) -> String {
 /// Opens one authenticated connection from `src`, waits for `connected`, then (when
 /// `channel` is set) subscribes and waits for the response. Returns the socket and the
 /// µs to `connected` and to the subscribe response.
-async fn open(target: &Target, src: Ipv4Addr, token: &str, channel: Option<&str>) -> Result<(Ws, u64, u64), String> {
+pub async fn open(
+    target: &Target,
+    src: Ipv4Addr,
+    token: &str,
+    channel: Option<&str>,
+) -> Result<(Ws, u64, u64), String> {
     let began = Instant::now();
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket_{:?}", e.kind()))?;
     sock.bind(SocketAddr::new(src.into(), 0)).map_err(|e| format!("bind_{:?}", e.kind()))?;
@@ -255,7 +264,7 @@ async fn hold(mut ws: Ws, ch: usize, st: Arc<State>) {
 }
 
 /// Spawns a ticker that emits progress every second until `done` is cancelled.
-fn progress(ok: Arc<AtomicU64>, failed: Arc<AtomicU64>, done: CancellationToken) {
+pub fn progress(ok: Arc<AtomicU64>, failed: Arc<AtomicU64>, done: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
@@ -430,6 +439,7 @@ async fn close_all(st: &Arc<State>) -> u64 {
 /// The worker's main loop: one command per stdin line until `close` or end of input.
 pub async fn run() -> anyhow::Result<()> {
     let st = Arc::new(State::new());
+    let tracked = Arc::new(Tracked::new());
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let cmd: Cmd = match serde_json::from_str(&line) {
@@ -466,9 +476,13 @@ pub async fn run() -> anyhow::Result<()> {
                     last_us: st.last_us.load(Ordering::Relaxed),
                 }
             }
+            Cmd::Resume(spec) => {
+                tracked::connect(spec, &tracked).await.unwrap_or_else(|e| Ev::Error { message: format!("{e:#}") })
+            }
+            Cmd::Track { published } => tracked::report(&tracked, &published),
             Cmd::Churn(spec) => churn(spec).await.unwrap_or_else(|e| Ev::Error { message: format!("{e:#}") }),
             Cmd::Close => {
-                let closed = close_all(&st).await;
+                let closed = close_all(&st).await + tracked::close(&tracked).await;
                 emit(&Ev::Closed { closed });
                 return Ok(());
             }
@@ -477,5 +491,6 @@ pub async fn run() -> anyhow::Result<()> {
     }
     // The parent went away: close what we hold and exit.
     close_all(&st).await;
+    tracked::close(&tracked).await;
     Ok(())
 }

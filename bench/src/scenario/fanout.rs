@@ -140,7 +140,8 @@ pub async fn run(args: &Args, cluster: bool) -> anyhow::Result<()> {
 async fn measure(args: &Args, cluster: bool, setup: &Setup) -> anyhow::Result<()> {
     let name = if cluster { "cluster" } else { "fanout" };
     let n = args.n.unwrap_or(if cluster { 9_000 } else { 10_000 });
-    let channels = args.channels.max(1);
+    let channels = args.channels.unwrap_or(1).max(1);
+    let duration = args.duration.unwrap_or(10.0);
     let subs_per_channel = n as f64 / channels as f64;
     let rate = match (args.rate, args.deliveries) {
         (Some(r), _) => r,
@@ -179,7 +180,7 @@ async fn measure(args: &Args, cluster: bool, setup: &Setup) -> anyhow::Result<()
             let r = rate * queue[i];
             let phase = steps.len() as u64 + 1;
             eprintln!("  step {phase}: {r:.3} events/s ({:.0} deliveries/s offered)", r * subs_per_channel);
-            let s = publish_step(&nats, &mut pool, setup, &subjects, phase, r, args.duration, args.payload).await?;
+            let s = publish_step(&nats, &mut pool, setup, &subjects, phase, r, duration, args.payload).await?;
             let ok = s.meets_bar(cluster);
             eprintln!(
                 "    delivered {:.2}%, p99 {:.2} ms, {:.0}/s -> {}",
@@ -206,7 +207,7 @@ async fn measure(args: &Args, cluster: bool, setup: &Setup) -> anyhow::Result<()
             i += 1;
         }
     } else {
-        steps.push(publish_step(&nats, &mut pool, setup, &subjects, 1, rate, args.duration, args.payload).await?);
+        steps.push(publish_step(&nats, &mut pool, setup, &subjects, 1, rate, duration, args.payload).await?);
     }
     pool.close().await;
 
@@ -298,7 +299,7 @@ async fn measure(args: &Args, cluster: bool, setup: &Setup) -> anyhow::Result<()
     emit_json(
         name,
         json!({"n": n, "nodes": setup.nodes.len(), "channels": channels, "rate_events_per_s": rate,
-               "offered_deliveries_per_s": rate * subs_per_channel, "duration_s": args.duration,
+               "offered_deliveries_per_s": rate * subs_per_channel, "duration_s": duration,
                "payload_bytes": args.payload, "find_max": args.find_max, "workers": workers,
                "gateway_env": args.gateway_env}),
         setup,

@@ -1,9 +1,10 @@
-//! The scenarios (`idle`, `fanout`/`cluster`, `churn`) and what they share: running
+//! The scenarios (`idle`, `fanout`/`cluster`, `churn`, `resume`) and what they share: running
 //! against a [`Setup`] that is always stopped, sizing the worker pool and the connect spec.
 
 pub mod churn;
 pub mod fanout;
 pub mod idle;
+pub mod resume;
 
 use anyhow::bail;
 
