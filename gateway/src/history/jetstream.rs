@@ -20,10 +20,12 @@ use async_nats::{
     Client, HeaderMap,
     jetstream::{
         self, Context,
+        consumer::{DeliverPolicy, pull},
         stream::{Config as StreamConfig, DirectGetErrorKind, DiscardPolicy, Republish, StorageType, Stream},
     },
 };
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use gateway_protocol::{Channel, EventFrame, Namespace};
 
 use super::{History, HistoryError, Keeping, Page, ReadFrom};
@@ -56,6 +58,11 @@ pub struct JetStreamHistory {
     /// oversized event is stored like any other).
     screen: Arc<BusScreen>,
 }
+
+/// Reads up to this many stream sequences ahead by direct gets; beyond, a consumer.
+const DIRECT_READS: u64 = 8;
+/// How long one message of a replay may take to arrive.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> HistoryError {
     HistoryError::Unavailable(format!("{what}: {e}"))
@@ -192,16 +199,28 @@ impl JetStreamHistory {
 
     /// A stored message as an event, if it decodes and passes the screen.
     fn event(&self, ch: &Channel, s: &NsStream, m: jetstream::message::StreamMessage) -> Option<EventFrame> {
-        let mut ev = match (self.decode)(ch, &m.payload, Some(&m.headers)) {
+        let epoch = s.epoch.read().map(|e| e.clone()).unwrap_or_default();
+        self.admit_stored(ch, m.sequence, &m.payload, Some(&m.headers), &epoch)
+    }
+
+    /// A stored body as an event with its position, if it decodes and passes the screen.
+    fn admit_stored(
+        &self,
+        ch: &Channel,
+        seq: u64,
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+        epoch: &str,
+    ) -> Option<EventFrame> {
+        let mut ev = match (self.decode)(ch, payload, headers) {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::debug!(channel = %ch, error = %e, "undecodable stored event skipped");
                 return None;
             }
         };
-        let epoch = s.epoch.read().map(|e| e.clone()).unwrap_or_default();
-        stamp(&mut ev, m.sequence, &epoch);
-        let sig = m.headers.get(crate::bus::nats::HDR_SIG).map(|v| v.as_str().to_owned());
+        stamp(&mut ev, seq, epoch);
+        let sig = headers.and_then(|h| h.get(crate::bus::nats::HDR_SIG)).map(|v| v.as_str().to_owned());
         match self.screen.admit(&ev, sig.as_deref()) {
             Ok(()) => Some(ev),
             Err(e) => {
@@ -212,7 +231,10 @@ impl JetStreamHistory {
     }
 
     /// The stored events of `ch` after `after` (exclusive) and before `before`
-    /// (exclusive; 0 = no bound), at most `limit`. For filling a hole in the live chain.
+    /// (exclusive; 0 = no bound), at most `limit`. For replays and for filling a hole in
+    /// the live chain. A few events are read by direct gets (one round trip each); more
+    /// through an ordered consumer, which streams them in one go, so a storm of
+    /// recoveries costs one request each rather than one per event.
     pub async fn between(
         &self,
         ch: &Channel,
@@ -221,15 +243,85 @@ impl JetStreamHistory {
         limit: usize,
     ) -> Result<Vec<EventFrame>, HistoryError> {
         let s = self.ns(ch)?;
+        let last = match s.stream.direct_get_last_for_subject(self.subject(ch)).await {
+            Ok(m) => m.sequence,
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(unavailable("direct get", e)),
+        };
+        let end = if before == 0 { last } else { last.min(before - 1) };
+        if end <= after || limit == 0 {
+            return Ok(Vec::new());
+        }
+        if end - after <= DIRECT_READS {
+            return self.between_direct(s, ch, after, end, limit).await;
+        }
+        self.between_consumer(s, ch, after, end, limit).await
+    }
+
+    /// `between` by direct gets, one per event.
+    async fn between_direct(
+        &self,
+        s: &NsStream,
+        ch: &Channel,
+        after: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<EventFrame>, HistoryError> {
         let mut out = Vec::new();
         let mut cursor = after + 1;
-        while out.len() < limit {
+        while out.len() < limit && cursor <= end {
             let Some((seq, ev)) = self.next(s, ch, cursor).await? else { break };
-            if before != 0 && seq >= before {
+            if seq > end {
                 break;
             }
             cursor = seq + 1;
             out.extend(ev);
+        }
+        Ok(out)
+    }
+
+    /// `between` through an ordered consumer on the channel's subject, from `after + 1`
+    /// up to `end` (a stored sequence of the channel), each message bounded in time.
+    async fn between_consumer(
+        &self,
+        s: &NsStream,
+        ch: &Channel,
+        after: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<EventFrame>, HistoryError> {
+        let consumer = s
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.subject(ch),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("replay consumer", e))?;
+        let mut msgs = consumer.messages().await.map_err(|e| unavailable("replay consumer", e))?;
+        let epoch = s.epoch.read().map(|e| e.clone()).unwrap_or_default();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let m = match tokio::time::timeout(READ_TIMEOUT, msgs.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(unavailable("replay", e)),
+                Ok(None) => break,
+                Err(_) => return Err(unavailable("replay", "no message within the read timeout")),
+            };
+            let (seq, pending) = match m.info() {
+                Ok(i) => (i.stream_sequence, i.pending),
+                Err(e) => return Err(unavailable("replay message info", e)),
+            };
+            if seq > end {
+                break;
+            }
+            if let Some(ev) = self.admit_stored(ch, seq, &m.payload, m.headers.as_ref(), &epoch) {
+                out.push(ev);
+            }
+            if seq == end || pending == 0 {
+                break;
+            }
         }
         Ok(out)
     }
