@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use gateway_protocol::{Channel, Encoding, PrincipalKind};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::string_or_list;
+use super::de::string_or_list;
 
 /// Channels a principal kind joins at connect, under the usual permissions, e.g.
 /// `{ user = ["broadcast:agents"] }` so dashboards get `agent:status` unasked.
@@ -56,10 +56,10 @@ impl AutoJoin {
 #[serde(default, deny_unknown_fields)]
 pub struct BackendHttpConfig {
     /// Base URL (`http://host:port[/prefix]`); empty: requests and sends use the bus.
-    #[serde(deserialize_with = "super::lossy_string")]
+    #[serde(deserialize_with = "super::de::lossy_string")]
     pub url: String,
     /// Sent as `Authorization: Bearer <token>` on every call; empty: no header.
-    #[serde(deserialize_with = "super::lossy_string")]
+    #[serde(deserialize_with = "super::de::lossy_string")]
     pub token: String,
     /// Calls in flight at once from this node; more wait (within the request timeout).
     pub max_concurrency: usize,

@@ -16,7 +16,7 @@ use figment::{
     providers::{Env, Format, Serialized, Toml},
 };
 use gateway_protocol::{Encoding, Namespace, channel::valid_id};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -132,71 +132,6 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// A backend reached over HTTP for requests and upstream sends (no NATS needed).
     pub backend_http: BackendHttpConfig,
-}
-
-/// The history one namespace keeps (contract §9): per channel, the last `size` events,
-/// each for at most `ttl_ms`. `size = 0` keeps none.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NsHistory {
-    /// Events kept per channel.
-    pub size: u64,
-    /// How long an event is kept, in ms.
-    pub ttl_ms: u64,
-}
-
-/// History per namespace. The defaults keep enough for a client to ride out a network
-/// change, a node drain or a node crash (seconds to minutes) with room to spare:
-/// sessions, projects and users 200 events / 15 minutes; agents 200 events / 1 hour,
-/// because an agent's `task:assigned` must survive a redeploy of the agent itself;
-/// broadcast channels none (they fan out to everyone and are usually ephemeral).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HistoryConfig {
-    /// `session:` channels.
-    pub session: NsHistory,
-    /// `project:` channels.
-    pub project: NsHistory,
-    /// `user:` channels.
-    pub user: NsHistory,
-    /// `agent:` channels.
-    pub agent: NsHistory,
-    /// `broadcast:` channels.
-    pub broadcast: NsHistory,
-    /// JetStream replicas of each history stream (1; 3 on a NATS cluster for HA).
-    pub replicas: usize,
-}
-
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        let minutes = |m: u64| m * 60_000;
-        HistoryConfig {
-            session: NsHistory { size: 200, ttl_ms: minutes(15) },
-            project: NsHistory { size: 200, ttl_ms: minutes(15) },
-            user: NsHistory { size: 200, ttl_ms: minutes(15) },
-            agent: NsHistory { size: 200, ttl_ms: minutes(60) },
-            broadcast: NsHistory::default(),
-            replicas: 1,
-        }
-    }
-}
-
-impl HistoryConfig {
-    /// What a namespace keeps.
-    pub fn of(&self, ns: Namespace) -> NsHistory {
-        match ns {
-            Namespace::Session => self.session,
-            Namespace::Project => self.project,
-            Namespace::User => self.user,
-            Namespace::Agent => self.agent,
-            Namespace::Broadcast => self.broadcast,
-        }
-    }
-
-    /// Whether a namespace keeps history.
-    pub fn keeps(&self, ns: Namespace) -> bool {
-        self.of(ns).size > 0
-    }
 }
 
 /// Credential checks.
@@ -465,41 +400,6 @@ impl Default for FabricConfig {
     }
 }
 
-/// Accepts any scalar as a string: the environment turns `GATEWAY_JWT_SECRET=12345` into
-/// a number before serde sees it.
-fn lossy_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        S(String),
-        I(i64),
-        U(u64),
-        F(f64),
-        B(bool),
-    }
-    Ok(match Scalar::deserialize(d)? {
-        Scalar::S(s) => s,
-        Scalar::I(v) => v.to_string(),
-        Scalar::U(v) => v.to_string(),
-        Scalar::F(v) => v.to_string(),
-        Scalar::B(v) => v.to_string(),
-    })
-}
-
-/// Accepts `"a,b"` (environment) as well as `["a","b"]` (TOML).
-fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
-        OneOrMany::Many(v) => v,
-    })
-}
-
 impl Config {
     /// Loads defaults → optional TOML file → `GATEWAY_*` environment, then validates.
     pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
@@ -531,82 +431,6 @@ impl Config {
         let mut cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    /// Checks values that types alone cannot; fills the node id.
-    pub fn validate(&mut self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
-        if self.node_id.is_empty() {
-            self.node_id = default_node_id();
-        }
-        if !valid_id(&self.node_id) {
-            return invalid("node_id", "must be 1-128 characters of [A-Za-z0-9_-]");
-        }
-        if self.nats_url.is_empty() != self.redis_url.is_empty() {
-            return invalid("nats_url", "set both nats_url and redis_url, or neither (embedded)");
-        }
-        if self.subject_prefix.is_empty() || self.subject_prefix.contains(['.', '*', '>', ' ']) {
-            return invalid("subject_prefix", "must be one NATS token");
-        }
-        self.static_api_keys()?;
-        if self.auth.auth_timeout_ms == 0 {
-            return invalid("auth.auth_timeout_ms", "must be > 0");
-        }
-        if self.limits.max_frame_bytes < 256 {
-            return invalid("limits.max_frame_bytes", "must be at least 256");
-        }
-        if self.limits.outbound_queue_frames == 0 || self.limits.outbound_queue_bytes == 0 {
-            return invalid("limits.outbound_queue_bytes", "queues must be > 0");
-        }
-        if self.limits.max_event_bytes < 256 || self.limits.max_event_bytes > self.limits.outbound_queue_bytes {
-            return invalid("limits.max_event_bytes", "must be at least 256 and at most limits.outbound_queue_bytes");
-        }
-        for ns in Namespace::ALL {
-            let h = self.history.of(ns);
-            if h.size > 100_000 || (h.size > 0 && h.ttl_ms < 1_000) {
-                return invalid(
-                    "history",
-                    "each namespace: size at most 100000, and ttl_ms at least 1000 when size > 0",
-                );
-            }
-        }
-        if self.http.header_timeout_ms == 0 || self.http.idle_timeout_ms == 0 {
-            return invalid("http.header_timeout_ms", "http timeouts must be > 0");
-        }
-        if self.limits.max_pending == 0 || self.limits.pending_per_ip == 0 {
-            return invalid("limits.max_pending", "pending connection caps must be > 0");
-        }
-        if self.heartbeat.interval_ms == 0 || self.heartbeat.timeout_ms == 0 {
-            return invalid("heartbeat.interval_ms", "must be > 0");
-        }
-        if self.rate.per_second == 0 || self.rate.per_minute == 0 {
-            return invalid("rate.per_second", "must be > 0");
-        }
-        if self.presence.refresh_ms == 0 || self.presence.refresh_ms >= self.presence.lease_ms {
-            return invalid("presence.refresh_ms", "must be > 0 and below presence.lease_ms");
-        }
-        if self.drain.deadline_ms < self.drain.delay_ms + self.drain.period_ms {
-            return invalid("drain.deadline_ms", "must cover drain.delay_ms + drain.period_ms");
-        }
-        if let Err(reason) = ws_paths::check(&self.ws_paths) {
-            return invalid("ws_paths", &reason);
-        }
-        if let Err(reason) = compat::check_default_formats(&self.ws_default_format, &self.ws_paths) {
-            return invalid("ws_default_format", &reason);
-        }
-        if let Err(reason) = self.channels.auto_join.check(self.limits.max_channels) {
-            return invalid("channels.auto_join", &reason);
-        }
-        if let Err((key, reason)) = self.backend_http.check() {
-            return invalid(key, &reason);
-        }
-        if let Err(e) = self.lifecycle.parsed() {
-            return invalid("lifecycle.agent_status_channel", &format!("must be a channel name or empty: {e}"));
-        }
-        if self.jwt_public_key.as_ref().is_some_and(|p| !p.exists()) {
-            return invalid("jwt_public_key", "file does not exist");
-        }
-        Ok(())
     }
 
     /// Parses `api_keys` (`agentId:key`) into key → agent id.
@@ -653,10 +477,15 @@ fn default_node_id() -> String {
 }
 
 pub mod compat;
+mod de;
+mod history;
 mod lifecycle;
 #[cfg(test)]
 mod tests;
+mod validate;
 pub mod ws_paths;
 
 pub use compat::{AutoJoin, BackendHttpConfig};
+use de::{lossy_string, string_or_list};
+pub use history::{HistoryConfig, NsHistory};
 pub use lifecycle::LifecycleConfig;

@@ -22,21 +22,18 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use async_nats::{Client, ConnectOptions, Event, HeaderMap, Request, Subscriber};
+use async_nats::{Client, ConnectOptions, HeaderMap, Request, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gateway_protocol::{Channel, EventFrame, Namespace, Principal, channel::valid_id};
 use serde_json::{Value, json};
-use tokio::{
-    sync::{Mutex as AsyncMutex, watch},
-    task::JoinHandle,
-};
+use tokio::{sync::Mutex as AsyncMutex, task::JoinHandle};
 use tokio_util::{
     sync::{CancellationToken, DropGuard},
     task::TaskTracker,
@@ -54,8 +51,11 @@ use crate::{
 };
 
 mod hooks;
+mod link;
 mod pump;
 mod wire;
+
+use link::Link;
 
 use wire::{
     WireEventRef, bad_request, correlation_headers, decode_body, origin_headers, parse_reply, publish_error,
@@ -77,80 +77,6 @@ pub const MSGPACK: &str = "application/msgpack";
 
 /// Upper bound of the reconnect backoff; a restarted server is found within this.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
-/// `metrics` label of this component.
-const COMPONENT: &str = "nats";
-
-/// Link state before any connection event was seen.
-const UNKNOWN: u8 = 0;
-/// Link state: connected.
-const UP: u8 = 1;
-/// Link state: disconnected, reconnecting.
-const DOWN: u8 = 2;
-
-/// The NATS link as seen through async-nats connection events.
-#[derive(Default)]
-struct Link {
-    /// [`UNKNOWN`], [`UP`] or [`DOWN`]; read by `health()` and the fail-fast checks.
-    state: AtomicU8,
-    /// When the current outage began, to record its length when the link comes back.
-    down_since: Mutex<Option<Instant>>,
-    /// Bumped on every reconnect, so history pumps catch up what the outage missed.
-    reconnects: watch::Sender<u64>,
-}
-
-impl Link {
-    /// Whether the link is believed up (unknown counts as up: connect just succeeded).
-    fn is_up(&self) -> bool {
-        self.state.load(Ordering::Acquire) != DOWN
-    }
-
-    /// Marks the link up after the initial connect, unless an event already said otherwise.
-    fn connected_at_start(&self) {
-        if self.state.compare_exchange(UNKNOWN, UP, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            metrics::gauge!(telemetry::FABRIC_UP, "component" => COMPONENT).set(1.0);
-        }
-    }
-
-    /// Applies one async-nats event to the state and the metrics.
-    fn on_event(&self, ev: &Event) {
-        match ev {
-            Event::Connected => {
-                metrics::gauge!(telemetry::FABRIC_UP, "component" => COMPONENT).set(1.0);
-                if self.state.swap(UP, Ordering::AcqRel) == DOWN {
-                    self.reconnects.send_modify(|n| *n += 1);
-                    let since = self.down_since.lock().ok().and_then(|mut d| d.take());
-                    let gap = since.map(|s| s.elapsed()).unwrap_or_default();
-                    metrics::histogram!(telemetry::FABRIC_GAP_SECONDS, "component" => COMPONENT)
-                        .record(gap.as_secs_f64());
-                    tracing::info!(gap_ms = gap.as_millis() as u64, "nats reconnected");
-                }
-            }
-            // Closed is our own shutdown (the client was dropped or drained): down, but
-            // not an outage.
-            Event::Closed => {
-                metrics::gauge!(telemetry::FABRIC_UP, "component" => COMPONENT).set(0.0);
-                self.state.store(DOWN, Ordering::Release);
-            }
-            Event::Disconnected => {
-                metrics::gauge!(telemetry::FABRIC_UP, "component" => COMPONENT).set(0.0);
-                if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
-                    metrics::counter!(telemetry::FABRIC_OUTAGES, "component" => COMPONENT).increment(1);
-                    if let Ok(mut d) = self.down_since.lock() {
-                        *d = Some(Instant::now());
-                    }
-                    tracing::warn!(event = %ev, "nats link down; reconnecting");
-                }
-            }
-            Event::SlowConsumer(sid) => {
-                metrics::counter!(telemetry::DROPS, "reason" => "slow_consumer").increment(1);
-                tracing::warn!(sid, "nats subscription buffer full; events dropped");
-            }
-            Event::ServerError(_) | Event::ClientError(_) => tracing::warn!(event = %ev, "nats error"),
-            other => tracing::info!(event = %other, "nats event"),
-        }
-    }
-}
-
 /// A live subscription: the task draining it and the token that stops it.
 struct Live {
     /// Cancelled to make the task send `UNSUB` and exit.
