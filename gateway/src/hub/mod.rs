@@ -128,9 +128,11 @@ impl Hub {
         let mut shard = write(self.shard(ch));
         let subs = shard.entry(ch.clone()).or_default();
         let first = subs.is_empty();
-        let was_live = subs.list.iter().any(|c| c.id == conn.id);
+        // Through the index on large channels; a connection already here (live, or gated
+        // by an earlier recovery) is not a new subscription.
+        let known = subs.has(conn.id);
         subs.gate(conn);
-        if !was_live {
+        if !known {
             metrics::gauge!(telemetry::SUBSCRIPTIONS).increment(1.0);
         }
         if first {

@@ -79,6 +79,11 @@ impl Subscribers {
         self.len() == 0
     }
 
+    /// Whether `id` is a subscriber here, live or gated.
+    pub(super) fn has(&self, id: ConnId) -> bool {
+        self.position(id).is_some() || self.gates.as_ref().is_some_and(|g| lock(g).iter().any(|x| x.conn.id == id))
+    }
+
     fn position(&self, id: ConnId) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(&id).copied(),
