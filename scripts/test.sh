@@ -18,6 +18,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Tests talk only to loopback; never through a proxy set in the environment.
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
 
+# A CI build is built once from scratch: incremental state would only fill the disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | tail -1 | awk '{print "disk before build: " $4 " free of " $2}'
+
 # One build for everything (the tests start the gateway binary as a child process too),
 # and the Node packages (the TypeScript client's, the seed clients') meanwhile.
 (cd client-ts && npm ci --no-audit --no-fund --loglevel=error) &
@@ -27,6 +31,8 @@ seeds_npm_pid=$!
 cargo build --workspace --all-targets --locked
 wait "$npm_pid"
 wait "$seeds_npm_pid"
+du -sh target 2>/dev/null | awk '{print "target after build: " $1}'
+df -h . | tail -1 | awk '{print "disk after build: " $4 " free of " $2}'
 
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
