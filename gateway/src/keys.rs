@@ -73,9 +73,10 @@ impl RedisKeyStore {
         RedisKeyStore { client, opts: command_options(), prefix: prefix.into() }
     }
 
-    /// Connects to `cfg.redis_url`; fails fast when unreachable.
+    /// Connects to Redis (`cfg.redis_url`, or through `cfg.redis_sentinel`); fails fast
+    /// when unreachable.
     pub async fn connect(cfg: &Config) -> Result<Self, KeyError> {
-        let client = open_client(&cfg.redis_url).await.map_err(KeyError::Unavailable)?;
+        let client = open_client(cfg).await.map_err(KeyError::Unavailable)?;
         Ok(Self::new(client, cfg.redis_prefix.clone()))
     }
 

@@ -155,8 +155,8 @@ async fn publish(cfg: &Config, p: gateway::cli::PublishArgs) -> anyhow::Result<(
 }
 
 async fn apikey(cfg: &Config, action: ApikeyAction) -> anyhow::Result<()> {
-    if cfg.redis_url.is_empty() {
-        bail!("API keys live in Redis: set GATEWAY_REDIS_URL (and GATEWAY_NATS_URL)");
+    if !cfg.redis_configured() {
+        bail!("API keys live in Redis: set GATEWAY_REDIS_URL or redis_sentinel (and GATEWAY_NATS_URL)");
     }
     let store = RedisKeyStore::connect(cfg).await?;
     match action {
@@ -166,7 +166,8 @@ async fn apikey(cfg: &Config, action: ApikeyAction) -> anyhow::Result<()> {
         }
         ApikeyAction::Revoke { key } => {
             let Some(agent) = store.revoke(&key).await? else { bail!("no such key") };
-            let nats = async_nats::connect(&cfg.nats_url).await.context("connect to NATS to disconnect the agent")?;
+            let nats =
+                async_nats::connect(cfg.nats_servers()).await.context("connect to NATS to disconnect the agent")?;
             let cmd = DisconnectCommand { kind: PrincipalKind::Agent, id: agent.clone(), reason: "revoked".into() };
             let subject = format!("{}.ctl.disconnect", cfg.subject_prefix);
             nats.publish(subject, serde_json::to_vec(&cmd)?.into()).await?;

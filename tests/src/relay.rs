@@ -1,6 +1,17 @@
-//! A TCP relay to put between a node and a server (NATS, Redis) so a test can cut the
-//! link: [`Relay::cut`] closes every relayed connection and refuses new ones until
-//! [`Relay::heal`]. Every task it spawns ends when the relay is dropped.
+//! A TCP relay to put between one node and a server (NATS, Redis) so a test can break
+//! that node's link alone, the way networks break:
+//! - [`Relay::cut`]: every relayed connection is closed and new ones are refused (a
+//!   crashed peer, a reset firewall rule);
+//! - [`Relay::stall`]: connections are accepted and kept open, but nothing is forwarded
+//!   in either direction and nothing is answered (a partition that drops packets
+//!   silently, a frozen server). Bytes that arrive meanwhile are held and delivered on
+//!   [`Relay::heal`], as TCP retransmission would, unless their connection closed in
+//!   the meantime (then they are dropped, as a kernel that gave up on them would);
+//! - [`Relay::delay`]: every chunk is delivered that much later (latency, not
+//!   throughput).
+//!
+//! [`Relay::heal`] returns to plain forwarding. Every task it spawns ends when the relay
+//! is dropped.
 
 use std::{
     net::SocketAddr,
@@ -8,14 +19,36 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::{mpsc, watch},
     task::JoinSet,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
+
+/// How a relay treats the bytes of its open connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward at once.
+    Forward,
+    /// Hold everything; forward nothing.
+    Stall,
+    /// Forward each chunk this long after it arrived.
+    Delay(Duration),
+}
+
+/// Chunks queued per direction before the relay stops reading (back-pressure).
+const QUEUED_CHUNKS: usize = 256;
+/// Largest chunk read at once.
+const CHUNK: usize = 16 * 1024;
 
 /// A running relay.
 pub struct Relay {
@@ -25,6 +58,8 @@ pub struct Relay {
     cut: Arc<AtomicBool>,
     /// Bumped on every cut, so open connections close.
     cuts: watch::Sender<u64>,
+    /// What open connections do with their bytes.
+    mode: watch::Sender<Mode>,
     /// Stops everything on drop.
     stop: CancellationToken,
 }
@@ -36,34 +71,29 @@ impl Relay {
         let addr = listener.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
         let (cuts, _) = watch::channel(0u64);
+        let (mode, _) = watch::channel(Mode::Forward);
         let stop = CancellationToken::new();
-        let (c, tx, s) = (cut.clone(), cuts.clone(), stop.clone());
+        let (c, tx, m, s) = (cut.clone(), cuts.clone(), mode.clone(), stop.clone());
         tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let accepted = tokio::select! {
                     _ = s.cancelled() => break,
                     a = listener.accept() => a,
+                    // Reap finished connections so a long test does not accumulate them.
+                    Some(_) = conns.join_next(), if !conns.is_empty() => continue,
                 };
                 let Ok((client, _)) = accepted else { continue };
                 if c.load(Ordering::Acquire) {
                     drop(client);
                     continue;
                 }
-                let (mut on_cut, s) = (tx.subscribe(), s.clone());
-                conns.spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else { return };
-                    let (mut client, mut server) = (client, server);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = on_cut.changed() => {}
-                        _ = s.cancelled() => {}
-                    }
-                });
+                let (on_cut, s, mode) = (tx.subscribe(), s.clone(), m.subscribe());
+                conns.spawn(relay_one(client, target, mode, on_cut, s));
             }
             conns.shutdown().await;
         });
-        Ok(Relay { addr, cut, cuts, stop })
+        Ok(Relay { addr, cut, cuts, mode, stop })
     }
 
     /// `nats://addr` (or any scheme) for clients of the relay.
@@ -77,9 +107,25 @@ impl Relay {
         self.cuts.send_modify(|n| *n += 1);
     }
 
-    /// Accepts connections again.
+    /// Keeps every connection (and accepts new ones) but forwards nothing.
+    pub fn stall(&self) {
+        self.mode.send_replace(Mode::Stall);
+    }
+
+    /// Forwards every chunk `by` after it arrived.
+    pub fn delay(&self, by: Duration) {
+        self.mode.send_replace(Mode::Delay(by));
+    }
+
+    /// Back to normal: accepts connections and forwards at once (held bytes first).
     pub fn heal(&self) {
         self.cut.store(false, Ordering::Release);
+        self.mode.send_replace(Mode::Forward);
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        *self.mode.borrow()
     }
 }
 
@@ -87,4 +133,80 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// One relayed connection, until either side closes, the link is cut or the relay stops.
+async fn relay_one(
+    client: TcpStream,
+    target: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    mut on_cut: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    // Even while stalled the connection to the server is made: the server sees a client
+    // that never speaks, as in a real partition after the handshake.
+    let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target));
+    let server = match stop.run_until_cancelled(connect).await {
+        Some(Ok(Ok(s))) => s,
+        _ => return,
+    };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let gone = CancellationToken::new();
+    let both = async {
+        tokio::join!(pipe(cr, sw, mode.clone(), gone.clone()), pipe(sr, cw, mode, gone.clone()));
+    };
+    tokio::select! {
+        () = both => {}
+        () = gone.cancelled() => {}
+        _ = on_cut.changed() => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// One direction: reads `from` and writes `to` as the mode says. Ends when `from` is
+/// done and what was read is delivered; cancels `gone` when held bytes must be dropped
+/// (the reading side closed while stalled) or the writing side failed.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mode: watch::Receiver<Mode>, gone: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUED_CHUNKS);
+    let (reader_mode, writer_gone) = (mode.clone(), gone.clone());
+    let read = async move {
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    if *reader_mode.borrow() == Mode::Stall {
+                        gone.cancel();
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    let delay = match *reader_mode.borrow() {
+                        Mode::Delay(d) => d,
+                        Mode::Forward | Mode::Stall => Duration::ZERO,
+                    };
+                    if tx.send((Instant::now() + delay, buf)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let write = async move {
+        let mut mode = mode;
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+                return;
+            }
+            if to.write_all(&chunk).await.is_err() {
+                writer_gone.cancel();
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }

@@ -37,7 +37,7 @@ pub fn free_port() -> u16 {
 }
 
 /// `N` distinct ports, all bound at once so the OS cannot hand out the same one twice.
-fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+pub(crate) fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
     let listeners = (0..N).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
     let mut ports = [0u16; N];
     for (port, l) in ports.iter_mut().zip(&listeners) {
@@ -57,7 +57,7 @@ fn log_file(path: &Path) -> anyhow::Result<Stdio> {
 }
 
 /// The last lines of a log, for error messages.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -115,7 +115,7 @@ async fn info_name(port: u16) -> Option<String> {
 }
 
 /// Kills and reaps a child, bounded (SIGKILL cannot be ignored, so this is quick).
-async fn kill(child: &mut Option<Child>) {
+pub(crate) async fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.start_kill();
         let _ = timeout(Duration::from_secs(5), c.wait()).await;
@@ -136,6 +136,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     /// The running process; `None` while stopped.
     child: Option<Child>,
+    /// Arguments beyond the defaults (cluster routes), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl NatsServer {
@@ -145,21 +147,36 @@ impl NatsServer {
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
             let [port, monitor_port] = free_ports::<2>()?;
-            match launch_nats(dir.path(), port, monitor_port).await {
-                Ok(child) => {
-                    return Ok(NatsServer {
-                        url: format!("nats://127.0.0.1:{port}"),
-                        port,
-                        monitor_url: format!("http://127.0.0.1:{monitor_port}"),
-                        monitor_port,
-                        dir,
-                        child: Some(child),
-                    });
-                }
+            match launch_nats(dir.path(), port, monitor_port, &[]).await {
+                Ok(child) => return Ok(NatsServer::running(dir, port, monitor_port, child, Vec::new())),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("nats-server did not start")))
+    }
+
+    /// A handle on a server started by [`launch_nats`] with `extra` arguments.
+    pub(crate) fn running(
+        dir: tempfile::TempDir,
+        port: u16,
+        monitor_port: u16,
+        child: Child,
+        extra: Vec<String>,
+    ) -> Self {
+        NatsServer {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            monitor_url: format!("http://127.0.0.1:{monitor_port}"),
+            monitor_port,
+            dir,
+            child: Some(child),
+            extra,
+        }
+    }
+
+    /// Whether the process is running (not stopped by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Where the server writes its log.
@@ -176,8 +193,8 @@ impl NatsServer {
     /// bind for up to 10 s.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
-        let (dir, port, monitor) = (self.dir.path(), self.port, self.monitor_port);
-        self.child = Some(relaunch("nats-server", || launch_nats(dir, port, monitor)).await?);
+        let (dir, port, monitor, extra) = (self.dir.path(), self.port, self.monitor_port, &self.extra);
+        self.child = Some(relaunch("nats-server", || launch_nats(dir, port, monitor, extra)).await?);
         Ok(())
     }
 
@@ -212,18 +229,26 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// The running process; `None` while stopped.
     child: Option<Child>,
+    /// Arguments beyond the defaults (`--replicaof`), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server and waits (≤ 10 s) until it answers `PING`.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Starts a server with `extra` arguments (e.g. `--replicaof 127.0.0.1 PORT`).
+    pub async fn start_with(extra: Vec<String>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("redis-").tempdir()?;
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
             let [port] = free_ports::<1>()?;
-            match launch_redis(dir.path(), port).await {
+            match launch_redis(dir.path(), port, &extra).await {
                 Ok(child) => {
-                    return Ok(RedisServer { url: format!("redis://127.0.0.1:{port}"), port, dir, child: Some(child) });
+                    let url = format!("redis://127.0.0.1:{port}");
+                    return Ok(RedisServer { url, port, dir, child: Some(child), extra });
                 }
                 Err(e) => last = Some(e),
             }
@@ -245,8 +270,8 @@ impl RedisServer {
     /// bind for up to 10 s.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
-        let (dir, port) = (self.dir.path(), self.port);
-        self.child = Some(relaunch("redis-server", || launch_redis(dir, port)).await?);
+        let (dir, port, extra) = (self.dir.path(), self.port, &self.extra);
+        self.child = Some(relaunch("redis-server", || launch_redis(dir, port, extra)).await?);
         Ok(())
     }
 }
@@ -269,7 +294,7 @@ where
 }
 
 /// Whether the Redis answering on `port` is process `pid` (not a stranger on our port).
-async fn redis_pid(port: u16, pid: u32) -> bool {
+pub(crate) async fn redis_pid(port: u16, pid: u32) -> bool {
     let Ok(mut s) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await else {
         return false;
     };
@@ -305,8 +330,9 @@ fn redis_log(dir: &Path) -> PathBuf {
     dir.join("redis.log")
 }
 
-/// Spawns `nats-server` on the given ports and waits until both accept connections.
-async fn launch_nats(dir: &Path, port: u16, monitor_port: u16) -> anyhow::Result<Child> {
+/// Spawns `nats-server` on the given ports, with `extra` arguments (cluster routes), and
+/// waits until both accept connections.
+pub(crate) async fn launch_nats(dir: &Path, port: u16, monitor_port: u16, extra: &[String]) -> anyhow::Result<Child> {
     // A unique name lets the readiness probe tell our server from a stranger that took
     // one of the ports between our probe and its bind (it happens with many processes).
     let name = format!("test-{}-{port}-{monitor_port}", std::process::id());
@@ -316,7 +342,8 @@ async fn launch_nats(dir: &Path, port: u16, monitor_port: u16) -> anyhow::Result
         .arg("-m")
         .arg(monitor_port.to_string())
         .arg("-sd")
-        .arg(dir.join("js"));
+        .arg(dir.join("js"))
+        .args(extra);
     let log = nats_log(dir);
     let varz = format!("http://127.0.0.1:{monitor_port}/varz");
     let ready = |_pid| {
@@ -328,13 +355,14 @@ async fn launch_nats(dir: &Path, port: u16, monitor_port: u16) -> anyhow::Result
     launch(cmd, &log, ready).await.with_context(|| format!("nats-server on port {port}"))
 }
 
-/// Spawns `redis-server` on `port` and waits until it answers `PING`.
-async fn launch_redis(dir: &Path, port: u16) -> anyhow::Result<Child> {
+/// Spawns `redis-server` on `port` with `extra` arguments and waits until it answers.
+async fn launch_redis(dir: &Path, port: u16, extra: &[String]) -> anyhow::Result<Child> {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--port"])
         .arg(port.to_string())
         .arg("--dir")
-        .arg(dir);
+        .arg(dir)
+        .args(extra);
     launch(cmd, &redis_log(dir), |pid| redis_pid(port, pid))
         .await
         .with_context(|| format!("redis-server on port {port}"))
@@ -342,7 +370,7 @@ async fn launch_redis(dir: &Path, port: u16) -> anyhow::Result<Child> {
 
 /// Spawns `cmd` and waits (≤ [`READY_TIMEOUT`]) until `ready(pid)`; on failure the child
 /// is killed and the error carries the log's tail.
-async fn launch<F, Fut>(cmd: Command, log: &Path, ready: F) -> anyhow::Result<Child>
+pub(crate) async fn launch<F, Fut>(cmd: Command, log: &Path, ready: F) -> anyhow::Result<Child>
 where
     F: FnMut(u32) -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -36,3 +36,18 @@ pub(crate) fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Stri
         OneOrMany::Many(v) => v,
     })
 }
+
+/// Accepts `"a,b"` as well as `["a","b"]` and keeps the comma-separated string form, so
+/// a key that used to take one URL (`nats_url`) takes a list too.
+pub(crate) fn string_or_joined<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(","),
+    })
+}

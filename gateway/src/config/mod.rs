@@ -67,12 +67,15 @@ pub struct Config {
     /// This node's name in `/health`, headers and Redis; defaults to the host name.
     #[serde(deserialize_with = "lossy_string")]
     pub node_id: String,
-    /// NATS server URL; with `redis_url` unset too, the node runs on in-process twins.
-    #[serde(deserialize_with = "lossy_string")]
+    /// NATS server URL(s), a list or comma-separated (every server of a NATS cluster,
+    /// for failover); with Redis unset too, the node runs on in-process twins.
+    #[serde(deserialize_with = "de::string_or_joined")]
     pub nats_url: String,
     /// Redis URL for presence, connection counts and API keys.
     #[serde(deserialize_with = "lossy_string")]
     pub redis_url: String,
+    /// Redis through Sentinel (instead of `redis_url`'s host), for master failover.
+    pub redis_sentinel: RedisSentinelConfig,
     /// First token of every NATS subject (`gw.ev.…`).
     #[serde(deserialize_with = "lossy_string")]
     pub subject_prefix: String,
@@ -282,6 +285,9 @@ pub struct FabricConfig {
     pub fail_open_users: bool,
     /// Admit agents when Redis is down (count unknown).
     pub fail_open_agents: bool,
+    /// NATS keep-alive: a link with three pings unanswered is dropped and re-made (on
+    /// another server of the list), so a silent partition is noticed within 3× this.
+    pub nats_ping_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -291,6 +297,7 @@ impl Default for Config {
             node_id: String::new(),
             nats_url: String::new(),
             redis_url: String::new(),
+            redis_sentinel: RedisSentinelConfig::default(),
             subject_prefix: "gw".into(),
             redis_prefix: "gw:".into(),
             jwt_secret: String::new(),
@@ -396,7 +403,12 @@ impl Default for PresenceConfig {
 
 impl Default for FabricConfig {
     fn default() -> Self {
-        FabricConfig { request_timeout_ms: 5_000, fail_open_users: true, fail_open_agents: false }
+        FabricConfig {
+            request_timeout_ms: 5_000,
+            fail_open_users: true,
+            fail_open_agents: false,
+            nats_ping_interval_ms: 5_000,
+        }
     }
 }
 
@@ -455,11 +467,6 @@ impl Config {
     pub fn default_encoding(&self, path: &str) -> Encoding {
         self.ws_default_format.get(path).and_then(|f| Encoding::from_format(f)).unwrap_or_default()
     }
-
-    /// True when NATS and Redis are configured (a cluster node); false for the embedded twins.
-    pub fn clustered(&self) -> bool {
-        !self.nats_url.is_empty()
-    }
 }
 
 /// Milliseconds as a `Duration`, for the `*_ms` keys.
@@ -478,6 +485,7 @@ fn default_node_id() -> String {
 
 pub mod compat;
 mod de;
+mod ha;
 mod history;
 mod lifecycle;
 #[cfg(test)]
@@ -487,5 +495,6 @@ pub mod ws_paths;
 
 pub use compat::{AutoJoin, BackendHttpConfig};
 use de::{lossy_string, string_or_list};
+pub use ha::RedisSentinelConfig;
 pub use history::{HistoryConfig, NsHistory};
 pub use lifecycle::LifecycleConfig;

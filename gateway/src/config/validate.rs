@@ -14,8 +14,14 @@ impl Config {
         if !valid_id(&self.node_id) {
             return invalid("node_id", "must be 1-128 characters of [A-Za-z0-9_-]");
         }
-        if self.nats_url.is_empty() != self.redis_url.is_empty() {
-            return invalid("nats_url", "set both nats_url and redis_url, or neither (embedded)");
+        if self.nats_url.is_empty() == self.redis_configured() {
+            return invalid("nats_url", "set both nats_url and redis_url (or redis_sentinel), or neither (embedded)");
+        }
+        if let Err((key, reason)) = self.redis_sentinel.check() {
+            return invalid(key, &reason);
+        }
+        if self.fabric.nats_ping_interval_ms < 100 {
+            return invalid("fabric.nats_ping_interval_ms", "must be at least 100");
         }
         if self.subject_prefix.is_empty() || self.subject_prefix.contains(['.', '*', '>', ' ']) {
             return invalid("subject_prefix", "must be one NATS token");

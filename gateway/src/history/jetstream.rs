@@ -114,6 +114,7 @@ impl JetStreamHistory {
                     if current.max_messages_per_subject != config.max_messages_per_subject
                         || current.max_age != config.max_age
                         || current.republish != config.republish
+                        || current.num_replicas != config.num_replicas
                     {
                         js.update_stream(&config).await.map_err(|e| unavailable("update stream", e))?;
                     }

@@ -51,8 +51,8 @@ use gateway_protocol::{Channel, Principal};
 use tokio::sync::{RwLock, broadcast::error::RecvError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use conn::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, command_options, eval, open_client};
-use conn::{Link, redacted};
+use conn::Link;
+pub use conn::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, command_options, describe, eval, open_client};
 use lua::{Lua, SCRIPTS, esc, parse_principal, principal_field};
 
 use super::{Admission, ChannelStats, ConnLease, ConnRef, Expired, NodeReport, Presence, PresenceError, Reaped};
@@ -103,19 +103,21 @@ pub struct RedisPresence {
 }
 
 impl RedisPresence {
-    /// Connects to `cfg.redis_url` and loads the scripts; fails fast when unreachable.
+    /// Connects to Redis (`cfg.redis_url`, or through `cfg.redis_sentinel`) and loads the
+    /// scripts; fails fast when unreachable.
     pub async fn connect(cfg: &Config) -> Result<RedisPresence, PresenceError> {
-        let client = open_client(&cfg.redis_url).await.map_err(PresenceError::Unavailable)?;
-        Self::with_client(client, &cfg.redis_prefix, cfg.presence.lease_ms, &cfg.redis_url).await
+        let client = open_client(cfg).await.map_err(PresenceError::Unavailable)?;
+        Self::with_client(client, &cfg.redis_prefix, cfg.presence.lease_ms, &describe(cfg)).await
     }
 
-    /// Builds on an already connected client (shared with the key store, say).
-    pub async fn with_client(client: Client, prefix: &str, lease_ms: u64, url: &str) -> Result<Self, PresenceError> {
+    /// Builds on an already connected client (shared with the key store, say); `addr`
+    /// names the server for operators and must carry no credentials.
+    pub async fn with_client(client: Client, prefix: &str, lease_ms: u64, addr: &str) -> Result<Self, PresenceError> {
         let mut shas: [String; SCRIPTS.len()] = Default::default();
         for (sha, body) in shas.iter_mut().zip(SCRIPTS) {
             *sha = client.script_load(body).await.map_err(unavailable)?;
         }
-        let link = Link::new(redacted(url));
+        let link = Link::new(addr.to_owned());
         link.observe(client.state());
         Ok(RedisPresence {
             client,
@@ -292,9 +294,12 @@ impl Presence for RedisPresence {
         let member = format!("{}/{}/{}", esc(c.node), esc(c.conn), principal_field(c.principal));
         let field = principal_field(c.principal);
         let args = vec![member.clone(), field.clone(), self.lease_ms.to_string(), ch.as_str().to_owned()];
-        let first: i64 = self.run(Lua::Join, self.script_keys(ch), args).await?;
+        let first = self.run::<i64>(Lua::Join, self.script_keys(ch), args).await;
+        // Held even when Redis did not answer: the next refresh writes the entry and, when
+        // it is the principal's first there, reports it rejoined, so its join is announced
+        // late rather than never.
         self.local().channels.entry(ch.clone()).or_default().insert(member, field);
-        Ok(first == 1)
+        Ok(first? == 1)
     }
 
     async fn leave(&self, ch: &Channel, c: &ConnRef<'_>) -> Result<bool, PresenceError> {
@@ -402,6 +407,6 @@ impl Presence for RedisPresence {
 mod tests {
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(super::redacted("redis://u:pw@h:6379/0"), "redis://h:6379/0");
+        assert_eq!(super::conn::redacted("redis://u:pw@h:6379/0"), "redis://h:6379/0");
     }
 }

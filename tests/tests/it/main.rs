@@ -9,6 +9,8 @@ mod channels;
 mod cluster;
 mod cluster_faults;
 mod drain_lb;
+mod faults;
+mod ha;
 mod hardening_events;
 mod hardening_http;
 mod history;

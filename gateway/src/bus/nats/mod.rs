@@ -145,7 +145,7 @@ async fn control(mut sub: Subscriber, inbound: Arc<dyn Inbound>, stop: Cancellat
 }
 
 impl NatsBus {
-    /// Connects to `cfg.nats_url` (comma-separated list allowed) as `cfg.node_id`, and
+    /// Connects to `cfg.nats_url` (a list of a NATS cluster's servers allowed) as `cfg.node_id`, and
     /// subscribes to disconnect commands. Fails at once when no server is reachable;
     /// after that the connection is re-established forever.
     pub async fn connect(
@@ -155,13 +155,14 @@ impl NatsBus {
         shutdown: CancellationToken,
     ) -> Result<NatsBus, BusError> {
         let detail = redact(&cfg.nats_url);
-        let servers: Vec<&str> = cfg.nats_url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        let servers = cfg.nats_servers();
         let op_timeout = crate::config::ms(cfg.fabric.request_timeout_ms.max(1));
         let link = Arc::new(Link::default());
         let events = link.clone();
         let client = ConnectOptions::new()
             .name(&cfg.node_id)
             .max_reconnects(None)
+            .ping_interval(crate::config::ms(cfg.fabric.nats_ping_interval_ms))
             .reconnect_delay_callback(reconnect_delay)
             .request_timeout(Some(op_timeout))
             .event_callback(move |ev| {

@@ -1,6 +1,7 @@
 //! The Redis connection shared by presence and the key store: a client that reconnects
-//! forever, commands bounded in time that fail at once while disconnected, and the
-//! reachability record behind health and the fabric metrics.
+//! forever (through Sentinel to whichever server is master, when configured), commands
+//! bounded in time that fail at once while disconnected, and the reachability record
+//! behind health and the fabric metrics.
 
 use std::{
     sync::{
@@ -13,10 +14,10 @@ use std::{
 use fred::prelude::{
     Builder, Client, ClientLike, ClientState, Error as RedisError, FromValue, Options, ReconnectPolicy, Value,
 };
-use fred::types::config::{Config as RedisConfig, UnresponsiveConfig};
+use fred::types::config::{Config as RedisConfig, ServerConfig, UnresponsiveConfig};
 use fred::types::{ClusterHash, CustomCommand};
 
-use crate::telemetry;
+use crate::{config::Config, telemetry};
 
 /// Longest wait for one Redis command; past it the operation fails as unavailable.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,11 +30,36 @@ pub fn command_options() -> Options {
     Options { timeout: Some(COMMAND_TIMEOUT), fail_fast: true, max_attempts: Some(1), ..Default::default() }
 }
 
+/// The client configuration of a node: `redis_url`, or the sentinels of
+/// `redis_sentinel` (with `redis_url`'s credentials and database when it is set).
+fn client_config(cfg: &Config) -> Result<RedisConfig, String> {
+    let mut config = if cfg.redis_url.is_empty() {
+        RedisConfig::default()
+    } else {
+        RedisConfig::from_url(&cfg.redis_url).map_err(|e| format!("bad redis url: {e}"))?
+    };
+    if cfg.redis_sentinel.enabled() {
+        config.server = ServerConfig::new_sentinel(cfg.redis_sentinel.hosts()?, cfg.redis_sentinel.master.clone());
+    }
+    Ok(config)
+}
+
+/// Where a node's Redis is, without credentials, for logs and `/health`.
+pub fn describe(cfg: &Config) -> String {
+    if cfg.redis_sentinel.enabled() {
+        format!("sentinel:{}@{}", cfg.redis_sentinel.master, cfg.redis_sentinel.nodes.join(","))
+    } else {
+        redacted(&cfg.redis_url)
+    }
+}
+
 /// Connects a client that reconnects forever with backoff, failing within
-/// [`CONNECT_TIMEOUT`] when the server cannot be reached at startup.
-pub async fn open_client(url: &str) -> Result<Client, String> {
-    let config = RedisConfig::from_url(url).map_err(|e| format!("bad redis url: {e}"))?;
-    let client = Builder::from_config(config)
+/// [`CONNECT_TIMEOUT`] when the server cannot be reached at startup. Through Sentinel,
+/// every reconnect asks the sentinels for the current master, so a failover costs one
+/// reconnect.
+pub async fn open_client(cfg: &Config) -> Result<Client, String> {
+    let where_ = describe(cfg);
+    let client = Builder::from_config(client_config(cfg)?)
         .with_connection_config(|c| {
             c.connection_timeout = CONNECT_TIMEOUT;
             c.internal_command_timeout = CONNECT_TIMEOUT;
@@ -41,15 +67,17 @@ pub async fn open_client(url: &str) -> Result<Client, String> {
                 UnresponsiveConfig { max_timeout: Some(COMMAND_TIMEOUT * 3), interval: COMMAND_TIMEOUT / 2 };
         })
         .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        // Backoff capped at 2 s: a restarted or newly promoted server is found within
+        // that, since a failover must not wait out a long backoff.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build()
         .map_err(|e| format!("redis client: {e}"))?;
     match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), client.init()).await {
         Ok(Ok(_driver)) => Ok(client),
-        Ok(Err(e)) => Err(format!("cannot connect to redis at {}: {e}", redacted(url))),
+        Ok(Err(e)) => Err(format!("cannot connect to redis at {where_}: {e}")),
         Err(_) => {
             let _ = client.quit().await;
-            Err(format!("cannot connect to redis at {}: timed out", redacted(url)))
+            Err(format!("cannot connect to redis at {where_}: timed out"))
         }
     }
 }

@@ -1,0 +1,239 @@
+//! High availability of the fabric: nodes on a three-server NATS cluster (history
+//! streams with three replicas) keep delivering every history event when the server
+//! they are connected to dies; nodes on Redis behind Sentinel keep presence, counts and
+//! API keys working after the master dies and a replica is promoted. The pauses are
+//! measured and printed (`--no-capture` shows them).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, ensure};
+use async_nats::{HeaderMap, jetstream};
+use gateway::{Config, config::SessionPolicy, keys::RedisKeyStore};
+use gateway_client::{Client, ClientError, Connect, Received};
+use gateway_protocol::{ClientFrame, EventFrame, ServerFrame, StreamPosition};
+use gateway_tests::{
+    ha::{NatsCluster, RedisSentinels, SENTINEL_MASTER},
+    node::{TestNode, connected, eventually, response, subscribe, test_config},
+    probe::{conn_entries, presence_entries, wait_ready},
+    servers::{NatsServer, RedisServer},
+};
+use serde_json::json;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(5);
+
+fn base_config() -> Config {
+    let mut cfg = test_config();
+    cfg.presence.lease_ms = 3_000;
+    cfg.presence.refresh_ms = 300;
+    cfg.fabric.nats_ping_interval_ms = 300;
+    cfg.auth.key_cache_ms = 100;
+    cfg.channels.session_policy = SessionPolicy::Authenticated;
+    cfg
+}
+
+async fn user(node: &TestNode, sub: &str) -> anyhow::Result<Client> {
+    let mut c = node.user(sub, &["p1"]).await?;
+    connected(&mut c).await?;
+    Ok(c)
+}
+
+/// Subscribes `ch` and returns the position to recover from.
+async fn join(c: &mut Client, ch: &str) -> anyhow::Result<StreamPosition> {
+    c.send(&ClientFrame::Subscribe {
+        id: Some("j".into()),
+        channels: vec![ch.into()],
+        token: None,
+        recover: BTreeMap::new(),
+    })
+    .await?;
+    let r = response(c, "j").await?.map_err(|e| anyhow::anyhow!("subscribe: {e:?}"))?;
+    serde_json::from_value(r["positions"][ch].clone()).context("position")
+}
+
+/// A backend that publishes `count` events through JetStream, one every `every`, each
+/// retried (same `Nats-Msg-Id`, so stored once) until the cluster acknowledges it: the
+/// way a backend that must lose nothing publishes. Returns how many publishes it retried.
+fn backend(
+    urls: Vec<String>,
+    subject: &'static str,
+    count: u64,
+    every: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<u64>> {
+    tokio::spawn(async move {
+        let nc = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(1))
+            .connect(urls)
+            .await?;
+        let js = jetstream::new(nc);
+        let mut tick = tokio::time::interval(every);
+        let mut retried = 0;
+        for n in 0..count {
+            tick.tick().await;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let mut h = HeaderMap::new();
+                h.insert("Nats-Msg-Id", format!("ha-{n}").as_str());
+                let body = json!({"event": "e", "data": {"n": n}}).to_string();
+                let acked = async { js.publish_with_headers(subject, h, body.into()).await?.await };
+                match tokio::time::timeout(Duration::from_secs(2), acked).await {
+                    Ok(Ok(_)) => break,
+                    _ if Instant::now() >= deadline => anyhow::bail!("event {n} never acknowledged"),
+                    _ => {
+                        retried += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        Ok(retried)
+    })
+}
+
+#[tokio::test]
+async fn losing_the_nats_server_a_node_uses_loses_no_history_event() -> anyhow::Result<()> {
+    let mut cluster = NatsCluster::start(3).await?;
+    let redis = RedisServer::start().await?;
+    let mut cfg = base_config();
+    cfg.nats_url = cluster.urls();
+    cfg.redis_url = redis.url.clone();
+    cfg.history.replicas = 3;
+    let a = TestNode::start(cfg).await?;
+    let node_id = a.cfg.node_id.clone();
+    let victim = eventually(T, || cluster.server_of(&node_id)).await?;
+    let (ch, subject, stream) = ("session:ha", "gw.ev.session.ha", "GW_HISTORY_SESSION");
+    let leader = cluster.stream_leader(stream).await.unwrap_or_default();
+    // Server names end in `-<client port>-<monitor port>`.
+    let monitor_port = cluster.servers[victim].monitor_url.rsplit(':').next().unwrap_or_default().to_owned();
+    let victim_leads = leader.ends_with(&format!("-{}-{monitor_port}", cluster.servers[victim].port));
+    let mut c = user(&a, "u1").await?;
+    join(&mut c, ch).await?;
+    let total = 150u64;
+    let others: Vec<String> =
+        cluster.servers.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, s)| s.url.clone()).collect();
+    let feed = backend(others, subject, total, Duration::from_millis(20));
+    let reader = tokio::spawn(async move {
+        let mut got: Vec<(Instant, EventFrame)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while got.last().is_none_or(|(_, e)| e.data["n"] != total - 1) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match c.recv_timeout(left).await {
+                Ok(Received::Frame(ServerFrame::Event(e))) if e.channel.as_str() == ch && e.event == "e" => {
+                    got.push((Instant::now(), e))
+                }
+                Ok(_) => {}
+                Err(e) => return (Err(anyhow::Error::from(e)), got),
+            }
+        }
+        (Ok(()), got)
+    });
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    cluster.servers[victim].stop().await;
+    let killed = Instant::now();
+    let retried = tokio::time::timeout(Duration::from_secs(45), feed).await???;
+    let (res, got) = tokio::time::timeout(Duration::from_secs(45), reader).await??;
+    res.with_context(|| format!("{} events arrived", got.len()))?;
+    let ns: Vec<u64> = got.iter().filter_map(|(_, e)| e.data["n"].as_u64()).collect();
+    ensure!(ns == (0..total).collect::<Vec<_>>(), "want 0..{total} once in order, got {ns:?}");
+    ensure!(got.windows(2).all(|w| w[0].1.offset < w[1].1.offset), "offsets must grow");
+    // The longest silence a subscriber saw after the kill.
+    let after: Vec<Instant> = got.iter().map(|(t, _)| *t).filter(|t| *t >= killed).collect();
+    let stall = std::iter::once(killed).chain(after).collect::<Vec<_>>().windows(2).map(|w| w[1] - w[0]).max();
+    let stall = stall.unwrap_or_default();
+    let moved_to = eventually(T, || cluster.server_of(&node_id)).await?;
+    eprintln!(
+        "nats server {victim} of 3 killed (the node's; stream leader: {victim_leads}): delivery stalled {} ms at \
+         most, all {total} events once in order, {retried} publishes retried by the backend; node moved to \
+         server {moved_to}",
+        stall.as_millis()
+    );
+    ensure!(moved_to != victim);
+    ensure!(stall < Duration::from_secs(if victim_leads { 12 } else { 2 }), "delivery stalled {stall:?}");
+    Ok(())
+}
+
+/// Connects an agent with `key`.
+async fn agent(node: &TestNode, key: &str) -> Result<Client, ClientError> {
+    Client::connect(Connect::new(node.ws("")).header("X-API-Key", key)).await
+}
+
+/// `presence.get` through `c`: member ids, sorted.
+async fn members(c: &mut Client, channel: &str) -> anyhow::Result<Vec<String>> {
+    c.send(&ClientFrame::Request {
+        id: "m".into(),
+        method: "presence.get".into(),
+        params: json!({"channel": channel}),
+    })
+    .await?;
+    let r = response(c, "m").await?.map_err(|e| anyhow::anyhow!("presence.get: {e:?}"))?;
+    let mut ids: Vec<String> =
+        r["members"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str().map(String::from)).collect();
+    ids.sort();
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn redis_master_failover_keeps_presence_counts_and_api_keys() -> anyhow::Result<()> {
+    let mut redis = RedisSentinels::start().await?;
+    let nats = NatsServer::start().await?;
+    let mut cfg = base_config();
+    cfg.nats_url = nats.url.clone();
+    cfg.redis_sentinel.nodes = redis.nodes();
+    cfg.redis_sentinel.master = SENTINEL_MASTER.into();
+    let a = TestNode::start(cfg.clone()).await?;
+    let b = TestNode::start(gateway::Config { node_id: format!("{}-b", cfg.node_id), ..cfg.clone() }).await?;
+    let keys = RedisKeyStore::connect(&cfg).await?;
+    let key = keys.create("robot", &["p1".to_owned()], &[]).await?;
+    let mut bot = agent(&a, &key).await?;
+    connected(&mut bot).await?;
+    let mut watcher = user(&b, "watcher").await?;
+    subscribe(&mut watcher, "w", &["project:p1"], None).await?;
+    let mut member = user(&a, "u1").await?;
+    subscribe(&mut member, "s", &["project:p1"], None).await?;
+    // Let the replica catch up (replication is asynchronous: writes of the last moment
+    // before a master dies can be lost, which the leases repair but a key would not).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let old = redis.master_port().await?;
+    redis.kill_master().await?;
+    let killed = Instant::now();
+    let promoted = redis.wait_new_master(old, Duration::from_secs(15)).await?;
+    let failover = killed.elapsed();
+    // Agents are refused while counts cannot be checked; the pause ends with the first
+    // admitted agent.
+    let mut second = loop {
+        match agent(&a, &key).await {
+            Ok(c) => break c,
+            Err(_) if killed.elapsed() < Duration::from_secs(20) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => return Err(e).context("no agent admitted within 20 s of the failover"),
+        }
+    };
+    let pause = killed.elapsed();
+    connected(&mut second).await?;
+    let ready_a = wait_ready(a.addr, 200, T).await? + pause;
+    let ready_b = wait_ready(b.addr, 200, T).await? + pause;
+    eprintln!(
+        "redis master killed: sentinels promoted port {promoted} after {} ms; agents admitted again after {} ms; \
+         /ready 200 on both nodes by {} ms",
+        failover.as_millis(),
+        pause.as_millis(),
+        ready_a.max(ready_b).as_millis()
+    );
+    // Presence, counts and keys on the new master.
+    let after = Instant::now();
+    assert_eq!(members(&mut watcher, "project:p1").await?, ["u1", "watcher"]);
+    gateway_tests::probe::until(Duration::from_secs(5), || async {
+        let entries = presence_entries(promoted, "project:p1").await.map_err(|e| format!("{e}"))?;
+        let robots = conn_entries(promoted, "agent", "robot").await.map_err(|e| format!("{e}"))?;
+        let want: BTreeMap<String, i64> = [("user/u1".to_owned(), 1), ("user/watcher".to_owned(), 1)].into();
+        if entries == want && robots == 2 { Ok(()) } else { Err(format!("{entries:?}, robot conns {robots}")) }
+    })
+    .await?;
+    let fresh = keys.create("robot2", &["p1".to_owned()], &[]).await?;
+    let mut bot2 = agent(&b, &fresh).await?;
+    connected(&mut bot2).await?;
+    assert_eq!(keys.revoke(&key).await?.as_deref(), Some("robot"));
+    eprintln!("after the failover: presence, counts and a new key checked in {} ms", after.elapsed().as_millis());
+    Ok(())
+}
