@@ -139,13 +139,16 @@ impl RedisPresence {
     }
 
     /// Watches the connection so outages are counted as they happen rather than when
-    /// next observed; stops when `cancel` fires.
+    /// next observed, and probes it so a connection that stopped answering is replaced;
+    /// stops when `cancel` fires.
     pub fn spawn_monitor(self: &std::sync::Arc<Self>, tasks: &TaskTracker, cancel: CancellationToken) {
         let me = std::sync::Arc::clone(self);
         tasks.spawn(async move {
             let mut errors = me.client.error_rx();
             let mut reconnects = me.client.reconnect_rx();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut probe = tokio::time::interval(conn::PROBE_EVERY);
+            probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 // The event streams close when the client quits: nothing left to watch.
                 let closed = tokio::select! {
@@ -153,6 +156,10 @@ impl RedisPresence {
                     r = errors.recv() => matches!(r, Err(RecvError::Closed)),
                     r = reconnects.recv() => matches!(r, Err(RecvError::Closed)),
                     _ = tick.tick() => false,
+                    _ = probe.tick() => {
+                        cancel.run_until_cancelled(conn::probe(&me.client, &me.opts, &me.link)).await;
+                        false
+                    }
                 };
                 if closed {
                     break;

@@ -274,7 +274,7 @@ async fn nats_stall_marks_the_node_unready_and_loses_no_history_event() -> anyho
     let start = join(&mut leaves, ch, None, &mut Vec::new()).await?;
     let start: StreamPosition = serde_json::from_value(start["positions"][ch].clone()).context("position")?;
     // A backend publishes 25 events/s straight to NATS for the whole test.
-    let total = 200u64;
+    let total = 150u64;
     let backend = {
         let url = nats.url.clone();
         tokio::spawn(async move {

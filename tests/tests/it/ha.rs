@@ -24,7 +24,8 @@ const T: Duration = Duration::from_secs(5);
 
 fn base_config() -> Config {
     let mut cfg = test_config();
-    cfg.presence.lease_ms = 3_000;
+    // Longer than a failover takes (as in production: 30 s), so leases outlive it.
+    cfg.presence.lease_ms = 10_000;
     cfg.presence.refresh_ms = 300;
     cfg.fabric.nats_ping_interval_ms = 300;
     cfg.auth.key_cache_ms = 100;
@@ -223,7 +224,7 @@ async fn redis_master_failover_keeps_presence_counts_and_api_keys() -> anyhow::R
     // Presence, counts and keys on the new master.
     let after = Instant::now();
     assert_eq!(members(&mut watcher, "project:p1").await?, ["u1", "watcher"]);
-    gateway_tests::probe::until(Duration::from_secs(5), || async {
+    gateway_tests::probe::until(T, || async {
         let entries = presence_entries(promoted, "project:p1").await.map_err(|e| format!("{e}"))?;
         let robots = conn_entries(promoted, "agent", "robot").await.map_err(|e| format!("{e}"))?;
         let want: BTreeMap<String, i64> = [("user/u1".to_owned(), 1), ("user/watcher".to_owned(), 1)].into();

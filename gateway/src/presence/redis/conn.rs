@@ -23,6 +23,8 @@ use crate::{config::Config, telemetry};
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for the first connection at startup.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle-looking connection is asked for a `PING`.
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Per-command options every Redis call of the gateway uses: fail at once while
 /// disconnected, give up after [`COMMAND_TIMEOUT`], never resend.
@@ -80,6 +82,25 @@ pub async fn open_client(cfg: &Config) -> Result<Client, String> {
             Err(format!("cannot connect to redis at {where_}: timed out"))
         }
     }
+}
+
+/// Sends a `PING` (bounded by [`COMMAND_TIMEOUT`]); when a connection believed up does
+/// not answer, it is marked down and replaced. fred's own unresponsiveness check measures
+/// from the latest write, so a node that keeps writing (lease refreshes) would never trip
+/// it on a connection that silently stopped answering (a partition, a frozen server):
+/// every command would time out while `/ready` said all is well.
+pub(super) async fn probe(client: &Client, opts: &Options, link: &Link) {
+    if client.state() != ClientState::Connected {
+        return;
+    }
+    let Err(e) = client.with_options(opts).ping::<Value>(None).await else { return };
+    if client.state() != ClientState::Connected {
+        return;
+    }
+    tracing::warn!(addr = %link.addr, error = %e, "redis does not answer; reconnecting");
+    link.observe(ClientState::Disconnected);
+    // Returns once the reconnection was attempted; bounded so the monitor keeps running.
+    let _ = tokio::time::timeout(COMMAND_TIMEOUT, client.force_reconnection()).await;
 }
 
 /// Runs a Lua script: `EVALSHA` when `sha` is given, `EVAL` when it is not or the server
