@@ -133,6 +133,44 @@ impl NatsCluster {
         None
     }
 
+    /// Moves the leadership of `stream` off server `from` (stepdown requests, bounded by
+    /// `limit`); the new leader is chosen by the cluster.
+    pub async fn lead_elsewhere(&self, stream: &str, from: usize, limit: Duration) -> anyhow::Result<()> {
+        let client = async_nats::connect(self.running_urls()).await?;
+        let deadline = Instant::now() + limit;
+        let avoid = self.servers[from].name();
+        loop {
+            match self.stream_leader(stream).await {
+                Some(l) if l != avoid => return Ok(()),
+                _ if Instant::now() >= deadline => bail!("{stream} still led by {avoid} after {limit:?}"),
+                Some(_) => {
+                    let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+                    let _ = tokio::time::timeout(Duration::from_secs(2), client.request(subject, "".into())).await;
+                }
+                None => {}
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The index of the running server named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.servers.iter().position(|s| s.is_running() && s.name() == name)
+    }
+
+    /// The name of the JetStream meta leader (from `/jsz`).
+    pub async fn meta_leader(&self) -> Option<String> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+        for s in self.servers.iter().filter(|s| s.is_running()) {
+            let Ok(r) = http.get(format!("{}/jsz", s.monitor_url)).send().await else { continue };
+            let Ok(body) = r.json::<serde_json::Value>().await else { continue };
+            if let Some(l) = body["meta_cluster"]["leader"].as_str() {
+                return Some(l.to_owned());
+            }
+        }
+        None
+    }
+
     /// The name of the server leading stream `stream` (from `/jsz`).
     pub async fn stream_leader(&self, stream: &str) -> Option<String> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;

@@ -184,6 +184,11 @@ impl NatsServer {
         nats_log(self.dir.path())
     }
 
+    /// Its `server_name` (in `/varz`, `/jsz` and cluster leader fields).
+    pub fn name(&self) -> String {
+        nats_name(self.port, self.monitor_port)
+    }
+
     /// Kills the server (SIGKILL, no goodbye to clients) and waits for it to exit.
     pub async fn stop(&mut self) {
         kill(&mut self.child).await;
@@ -330,12 +335,17 @@ fn redis_log(dir: &Path) -> PathBuf {
     dir.join("redis.log")
 }
 
+/// The unique `server_name` of the server on these ports, started by this process.
+fn nats_name(port: u16, monitor_port: u16) -> String {
+    format!("test-{}-{port}-{monitor_port}", std::process::id())
+}
+
 /// Spawns `nats-server` on the given ports, with `extra` arguments (cluster routes), and
 /// waits until both accept connections.
 pub(crate) async fn launch_nats(dir: &Path, port: u16, monitor_port: u16, extra: &[String]) -> anyhow::Result<Child> {
     // A unique name lets the readiness probe tell our server from a stranger that took
     // one of the ports between our probe and its bind (it happens with many processes).
-    let name = format!("test-{}-{port}-{monitor_port}", std::process::id());
+    let name = nats_name(port, monitor_port);
     let mut cmd = Command::new("nats-server");
     cmd.args(["-js", "-a", "127.0.0.1", "-n", &name, "-p"])
         .arg(port.to_string())

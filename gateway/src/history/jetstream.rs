@@ -63,9 +63,54 @@ pub struct JetStreamHistory {
 const DIRECT_READS: u64 = 8;
 /// How long one message of a replay may take to arrive.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one store request waits for its reply before it is sent again. On a NATS
+/// cluster a reply can be lost right after the node reconnected to another server,
+/// before the cluster has learned where its reply subscription now lives; waiting out
+/// the client's whole request timeout then stalls delivery for seconds.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(750);
+/// Attempts of one store request.
+const ATTEMPTS: usize = 6;
+/// How long the replay consumer may take to be created: it needs the cluster's meta
+/// leader, which may be being re-elected; past this, direct gets (any replica answers
+/// them) do the replay.
+const CONSUMER_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> HistoryError {
     HistoryError::Unavailable(format!("{what}: {e}"))
+}
+
+/// Runs a store request, sending it again when no reply came within
+/// [`ATTEMPT_TIMEOUT`]: the outer error is "no reply to any attempt", the inner result
+/// the server's answer.
+async fn patient<T, E, Fut>(what: &str, mut op: impl FnMut() -> Fut) -> Result<Result<T, E>, HistoryError>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    for _ in 0..ATTEMPTS {
+        if let Ok(answer) = tokio::time::timeout(ATTEMPT_TIMEOUT, op()).await {
+            return Ok(answer);
+        }
+    }
+    Err(unavailable(what, format!("no reply to {ATTEMPTS} attempts")))
+}
+
+/// Re-reads one stream's epoch. Advisory (it only notices a re-made stream): one bounded
+/// attempt, so a catch-up after a reconnect does not wait long on a stream whose leader
+/// is being re-elected.
+async fn refresh_epoch(s: &NsStream) {
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, s.stream.get_info()).await {
+        Ok(Ok(info)) => {
+            let epoch = epoch_of(&info);
+            if let Ok(mut e) = s.epoch.write()
+                && *e != epoch
+            {
+                tracing::warn!(stream = %info.config.name, old = %*e, new = %epoch, "history stream epoch changed");
+                *e = epoch;
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "history stream info unavailable"),
+        Err(_) => tracing::debug!("history stream info unavailable: timed out"),
+    }
 }
 
 /// The epoch string of a stream creation time.
@@ -140,22 +185,16 @@ impl JetStreamHistory {
         Some(s.epoch.read().map(|e| e.clone()).unwrap_or_default())
     }
 
-    /// Re-reads every stream's epoch (after a reconnect, or when offsets went back):
-    /// a stream that was lost and made again has a new one.
+    /// Re-reads every stream's epoch (periodically): a stream that was lost and made
+    /// again has a new one. The streams are asked at once, each bounded.
     pub async fn refresh(&self) {
-        for s in self.streams.values() {
-            match s.stream.get_info().await {
-                Ok(info) => {
-                    let epoch = epoch_of(&info);
-                    if let Ok(mut e) = s.epoch.write()
-                        && *e != epoch
-                    {
-                        tracing::warn!(stream = %info.config.name, old = %*e, new = %epoch, "history stream epoch changed");
-                        *e = epoch;
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "history stream info unavailable"),
-            }
+        futures_util::future::join_all(self.streams.values().map(refresh_epoch)).await;
+    }
+
+    /// Re-reads the epoch of `ch`'s stream (after a reconnect, or when offsets went back).
+    pub async fn refresh_of(&self, ch: &Channel) {
+        if let Some(s) = self.streams.get(&ch.namespace()) {
+            refresh_epoch(s).await;
         }
     }
 
@@ -176,7 +215,7 @@ impl JetStreamHistory {
 
     /// Whether a message with sequence `seq` of `ch` is stored.
     async fn holds(&self, s: &NsStream, ch: &Channel, seq: u64) -> Result<bool, HistoryError> {
-        match s.stream.direct_get(seq).await {
+        match patient("direct get", || s.stream.direct_get(seq)).await? {
             Ok(m) => Ok(m.subject.as_str() == self.subject(ch)),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
             Err(e) => Err(unavailable("direct get", e)),
@@ -191,7 +230,8 @@ impl JetStreamHistory {
         ch: &Channel,
         from: u64,
     ) -> Result<Option<(u64, Option<EventFrame>)>, HistoryError> {
-        match s.stream.direct_get_next_for_subject(self.subject(ch), Some(from.max(1))).await {
+        let subject = self.subject(ch);
+        match patient("direct get", || s.stream.direct_get_next_for_subject(&subject, Some(from.max(1)))).await? {
             Ok(m) => Ok(Some((m.sequence, self.event(ch, s, m)))),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
             Err(e) => Err(unavailable("direct get", e)),
@@ -244,11 +284,10 @@ impl JetStreamHistory {
         limit: usize,
     ) -> Result<Vec<EventFrame>, HistoryError> {
         let s = self.ns(ch)?;
-        let last = match s.stream.direct_get_last_for_subject(self.subject(ch)).await {
-            Ok(m) => m.sequence,
-            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(Vec::new()),
-            Err(e) => return Err(unavailable("direct get", e)),
-        };
+        let last = self.last_of(s, ch).await?;
+        if last == 0 {
+            return Ok(Vec::new());
+        }
         let end = if before == 0 { last } else { last.min(before - 1) };
         if end <= after || limit == 0 {
             return Ok(Vec::new());
@@ -256,7 +295,23 @@ impl JetStreamHistory {
         if end - after <= DIRECT_READS {
             return self.between_direct(s, ch, after, end, limit).await;
         }
-        self.between_consumer(s, ch, after, end, limit).await
+        match self.between_consumer(s, ch, after, end, limit).await {
+            Err(e) => {
+                tracing::debug!(channel = %ch, error = %e, "replay consumer unavailable; reading directly");
+                self.between_direct(s, ch, after, end, limit).await
+            }
+            read => read,
+        }
+    }
+
+    /// The sequence of `ch`'s latest stored event; 0 when it has none.
+    async fn last_of(&self, s: &NsStream, ch: &Channel) -> Result<u64, HistoryError> {
+        let subject = self.subject(ch);
+        match patient("direct get", || s.stream.direct_get_last_for_subject(&subject)).await? {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(0),
+            Err(e) => Err(unavailable("direct get", e)),
+        }
     }
 
     /// `between` by direct gets, one per event.
@@ -291,14 +346,14 @@ impl JetStreamHistory {
         end: u64,
         limit: usize,
     ) -> Result<Vec<EventFrame>, HistoryError> {
-        let consumer = s
-            .stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: self.subject(ch),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
-                ..Default::default()
-            })
+        let create = s.stream.create_consumer(pull::OrderedConfig {
+            filter_subject: self.subject(ch),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ..Default::default()
+        });
+        let consumer = tokio::time::timeout(CONSUMER_TIMEOUT, create)
             .await
+            .map_err(|_| unavailable("replay consumer", "not created in time"))?
             .map_err(|e| unavailable("replay consumer", e))?;
         let mut msgs = consumer.messages().await.map_err(|e| unavailable("replay consumer", e))?;
         let epoch = s.epoch.read().map(|e| e.clone()).unwrap_or_default();
@@ -343,11 +398,7 @@ impl History for JetStreamHistory {
     async fn read(&self, ch: &Channel, from: ReadFrom, limit: usize) -> Result<Page, HistoryError> {
         let s = self.ns(ch)?;
         let epoch = s.epoch.read().map(|e| e.clone()).unwrap_or_default();
-        let last = match s.stream.direct_get_last_for_subject(self.subject(ch)).await {
-            Ok(m) => m.sequence,
-            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => 0,
-            Err(e) => return Err(unavailable("direct get", e)),
-        };
+        let last = self.last_of(s, ch).await?;
         match from {
             ReadFrom::After(pos) if pos.offset == 0 && pos.epoch == epoch => {
                 // The client joined when the channel had no event. All of them are still

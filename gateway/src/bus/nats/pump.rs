@@ -96,7 +96,7 @@ impl PumpCtx {
             if seq < l {
                 // Offsets went back to a channel's first event: the stream was made
                 // again (its store lost), a new epoch.
-                history.refresh().await;
+                history.refresh_of(&self.ch).await;
             } else if prev > l {
                 self.fill(history, l, seq).await;
             }
@@ -127,7 +127,7 @@ impl PumpCtx {
         let (Some(history), Some(l)) = (&self.history, *last) else {
             return;
         };
-        history.refresh().await;
+        history.refresh_of(&self.ch).await;
         match history.between(&self.ch, l, 0, self.max_fill).await {
             Ok(missed) => {
                 if let Some(newest) = missed.last().and_then(|e| e.offset) {
