@@ -210,3 +210,71 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mode: watch::Rece
     };
     tokio::join!(read, write);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on a free port, stopped (with its connections) when the guard drops.
+    async fn echo() -> anyhow::Result<(SocketAddr, tokio_util::sync::DropGuard)> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Some(Ok((mut sock, _))) = s.run_until_cancelled(l.accept()).await {
+                conns.spawn(async move {
+                    let (mut r, mut w) = sock.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        Ok((addr, stop.drop_guard()))
+    }
+
+    /// Sends `msg` and reads its echo, bounded by `limit`; returns how long it took.
+    async fn round_trip(s: &mut TcpStream, msg: &[u8], limit: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        s.write_all(msg).await?;
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(limit, s.read_exact(&mut buf)).await??;
+        anyhow::ensure!(buf == msg, "echo differs");
+        Ok(start.elapsed())
+    }
+
+    #[tokio::test]
+    async fn stall_holds_bytes_until_heal_delay_adds_latency_cut_refuses() -> anyhow::Result<()> {
+        let (server, _stop) = echo().await?;
+        let relay = Relay::start(server).await?;
+        let mut s = TcpStream::connect(relay.addr).await?;
+        round_trip(&mut s, b"plain", Duration::from_secs(2)).await?;
+        // Stalled: the connection stays, a new one is accepted, nothing comes back.
+        relay.stall();
+        s.write_all(b"held").await?;
+        let mut late = TcpStream::connect(relay.addr).await?;
+        late.write_all(b"held too").await?;
+        let mut buf = [0u8; 8];
+        let quiet = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        assert!(quiet.is_err(), "a stalled relay answered: {quiet:?}");
+        // Healed: what was held arrives, on both connections.
+        relay.heal();
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf[..4])).await??;
+        assert_eq!(&buf[..4], b"held");
+        tokio::time::timeout(Duration::from_secs(2), late.read_exact(&mut buf)).await??;
+        assert_eq!(&buf, b"held too");
+        // Delayed: each direction adds the delay.
+        relay.delay(Duration::from_millis(100));
+        let took = round_trip(&mut s, b"slow", Duration::from_secs(2)).await?;
+        assert!(took >= Duration::from_millis(200), "round trip {took:?} under twice the delay");
+        relay.heal();
+        // Cut: open connections close, new ones are refused (closed at once).
+        relay.cut();
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await??;
+        assert_eq!(n, 0, "the cut connection is closed");
+        let mut refused = TcpStream::connect(relay.addr).await?;
+        let n = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf)).await?.unwrap_or(0);
+        assert_eq!(n, 0, "a new connection is refused");
+        Ok(())
+    }
+}
