@@ -1,6 +1,6 @@
 //! Network faults between one node and the fabric, through a relay per node that can
-//! stall (connections kept, nothing forwarded, nothing answered) or cut its link while
-//! the other nodes keep theirs:
+//! stall (connections kept, nothing forwarded, nothing answered), delay or cut its link
+//! while the other nodes keep theirs:
 //! - Redis stalled 10 s: the node turns unready, refuses new agents (fail-closed: their
 //!   count is unknown) and admits users (fail-open); afterwards presence reconciles
 //!   (a join made during the stall is announced late, a leave made during it is
@@ -9,7 +9,8 @@
 //!   channel gets every event once, in order; one that reconnects with `recover` too;
 //! - Redis partitioned longer than the lease: the node's members are announced as left
 //!   (agents offline, `lost`) and as joined again (online) once it is back, once each,
-//!   and the counts are right.
+//!   and the counts are right;
+//! - a slow link (150 ms each way to NATS and Redis): the node stays ready and correct.
 //!
 //! Measured durations are printed (`cargo nextest run … --no-capture` shows them).
 
@@ -376,5 +377,56 @@ async fn redis_partition_longer_than_the_lease_announces_leave_then_rejoin() -> 
     assert_eq!(members(&mut watcher, "project:p1").await?, ["u-a", "watcher"]);
     assert_eq!(presence_entries(redis.port, "project:p1").await?, principals(&["user/u-a", "user/watcher"]));
     assert_eq!(conn_entries(redis.port, "agent", id).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_fabric_link_keeps_the_node_ready_and_correct() -> anyhow::Result<()> {
+    const DELAY: Duration = Duration::from_millis(150);
+    let nats = NatsServer::start().await?;
+    let redis = RedisServer::start().await?;
+    let nats_relay = Relay::start(([127, 0, 0, 1], nats.port).into()).await?;
+    let redis_relay = Relay::start(([127, 0, 0, 1], redis.port).into()).await?;
+    let a = TestNode::start(node_config(&nats_relay.url("nats"), &redis_relay.url("redis"), 2_000)).await?;
+    let b = TestNode::start(node_config(&nats.url, &redis.url, 2_000)).await?;
+    let mut watcher = user(&b, "watcher").await?;
+    subscribe(&mut watcher, "w", &["project:p1"], None).await?;
+    let mut log = Vec::new();
+    // Every byte between node A and the fabric now takes 150 ms each way.
+    nats_relay.delay(DELAY);
+    redis_relay.delay(DELAY);
+    let start = Instant::now();
+    let mut slow = user(&a, "u-slow").await?;
+    let handshake = start.elapsed();
+    let start = Instant::now();
+    subscribe(&mut slow, "s", &["project:p1"], None).await?;
+    let joined = start.elapsed();
+    await_nth(&mut watcher, ("presence.join", "u-slow"), 1, T, &mut log).await?;
+    // An event from a backend on NATS reaches the client on the slow node.
+    let nc = async_nats::connect(nats.url.as_str()).await?;
+    let sent = Instant::now();
+    nc.publish("gw.ev.project.p1", json!({"event": "e", "data": {"n": 1}}).to_string().into()).await?;
+    nc.flush().await?;
+    let ev = slow
+        .recv_until(T, |r| match r {
+            Received::Frame(ServerFrame::Event(e)) if e.event == "e" => Some(e.clone()),
+            _ => None,
+        })
+        .await?;
+    let delivered = sent.elapsed();
+    assert_eq!(ev.data["n"], 1);
+    // Three pings' worth of time later, the node still counts its links as up.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(gateway_tests::probe::ready_status(a.addr).await, 200, "a slow link is not a dead one");
+    assert_eq!(presence_entries(redis.port, "project:p1").await?, principals(&["user/u-slow", "user/watcher"]));
+    eprintln!(
+        "fabric links delayed {} ms each way: handshake {} ms, subscribe with presence {} ms, backend event \
+         delivered after {} ms; node ready throughout",
+        DELAY.as_millis(),
+        handshake.as_millis(),
+        joined.as_millis(),
+        delivered.as_millis()
+    );
+    ensure!(delivered >= DELAY, "the delay applies");
     Ok(())
 }
