@@ -276,10 +276,7 @@ impl Live {
             limits.outbound_queue_frames,
             limits.outbound_queue_bytes,
         );
-        node.hub.register(handle.clone());
-        let kind = identity.principal.kind;
-        metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).increment(1.0);
-        metrics::counter!(telemetry::HANDSHAKES, "kind" => kind.as_str()).increment(1);
+        node.membership.register(&handle);
         let leeway_ms = node.cfg.auth.leeway_secs.saturating_mul(1000);
         let expires = identity.expires_at_ms.map(|at| {
             Instant::now() + std::time::Duration::from_millis(at.saturating_add(leeway_ms).saturating_sub(now_ms()))
@@ -309,12 +306,9 @@ impl Live {
 
     async fn finish(mut self, reason: &str) {
         let channels = std::mem::take(&mut self.channels);
-        self.node.membership.leave_all(&self.handle, &channels).await;
-        self.node.hub.unregister(self.handle.id);
+        self.node.membership.close(&self.handle, &channels).await;
         self.admission.release(reason).await;
         self.outbox.discard();
-        let kind = self.identity.principal.kind;
-        metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
         self.finished = true;
     }
 }
@@ -328,8 +322,6 @@ impl Drop for Live {
             return;
         }
         let channels = std::mem::take(&mut self.channels);
-        self.node.membership.leave_all_detached(&self.handle, channels);
-        let kind = self.identity.principal.kind;
-        metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
+        self.node.membership.abandon(&self.handle, channels);
     }
 }
