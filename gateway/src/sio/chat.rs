@@ -74,6 +74,11 @@ impl ChatMessage {
         let mut details = Vec::new();
         let mut bad = |field: String, message: &str| details.push(FieldError { field, message: message.into() });
         let content = match obj.get("content") {
+            Some(Value::String(s)) if s.is_empty() => {
+                // Seed 004 validates with Joi's `string()`, which refuses "".
+                bad("content".into(), "must not be empty");
+                None
+            }
             Some(Value::String(s)) if s.chars().count() <= MAX_CONTENT_CHARS => Some(s.clone()),
             Some(Value::String(_)) => {
                 bad("content".into(), "must be at most 2000 characters");
@@ -229,8 +234,9 @@ mod tests {
         );
         assert!(ChatMessage::parse(&json!("hi")).is_err());
         assert!(ChatMessage::parse(&json!({"type": "message"})).is_err());
+        assert!(ChatMessage::parse(&json!({"content": "", "type": "message"})).is_err());
         let six = vec![json!({"name": "a", "type": "t", "size": 1}); 6];
-        assert!(ChatMessage::parse(&json!({"content": "", "type": "message", "attachments": six})).is_err());
+        assert!(ChatMessage::parse(&json!({"content": "x", "type": "message", "attachments": six})).is_err());
     }
 
     #[test]

@@ -217,7 +217,7 @@ impl Engine {
     fn notice(&mut self, s: &NsSocket, close: Close) {
         if let Some((reason, reconnect)) = close.notice {
             let data = json!({ "reason": reason, "reconnect": reconnect });
-            self.direct.push_back(encode::event(&s.path, ServerEvent::Disconnecting.as_str(), &data));
+            self.direct.push_back(encode::event(&s.path, ServerEvent::ServerDisconnecting.as_str(), &data));
         }
     }
 

@@ -183,8 +183,10 @@ pub enum ServerEvent {
     RateLimited,
     /// Any other refusal (`{code, message}`).
     Error,
-    /// The server is about to leave the namespace or close the connection.
-    Disconnecting,
+    /// The server is about to leave the namespace or close the connection (not
+    /// `disconnecting`: `socket.io-client` reserves that name and drops the connection
+    /// on a packet carrying it).
+    ServerDisconnecting,
 }
 
 impl ServerEvent {
@@ -202,7 +204,7 @@ impl ServerEvent {
             ServerEvent::ValidationError => "validation_error",
             ServerEvent::RateLimited => "rate_limited",
             ServerEvent::Error => "error",
-            ServerEvent::Disconnecting => "disconnecting",
+            ServerEvent::ServerDisconnecting => "server_disconnecting",
         }
     }
 }
@@ -211,8 +213,8 @@ impl ServerEvent {
 /// `joined_project` (seed 004's workflow state changes).
 pub const STATE_CHANGE: &str = "state_change";
 
-/// Events of a project channel that belong to its chat (`/chat/…` gets only these,
-/// `/project/…` and `/portal` everything else).
+/// Events of a project channel that belong to its chat (`/chat/…` gets only these;
+/// `/project/…` and `/portal` get every event, these included).
 const CHAT_EVENTS: [&str; 6] =
     ["message_received", "typing_start", "typing_stop", "command_result", "thread_created", "thread_updated"];
 

@@ -1,7 +1,8 @@
 //! How the hub's fan-out reaches Socket.IO sockets: an event is translated and encoded
 //! at most once per namespace path in use on its channel (`42/<nsp>,["name",data]`),
 //! and those bytes are shared by every socket of that namespace, as the native
-//! encodings are. Per socket only cheap checks remain: its `subscribe_to_events`
+//! encodings are. `/chat/…` sockets get the chat events of their project only, the
+//! other namespaces every event. Per socket only cheap checks remain: its `subscribe_to_events`
 //! filter, and not echoing a user's own presence or typing back to them.
 
 use std::sync::{Arc, RwLock};
@@ -134,9 +135,6 @@ fn translate(kind: NspKind, nsp: &str, ev: &EventFrame) -> Option<Translated> {
         }
         _ if is_client_reserved(name) => return None,
         _ if project.is_some() && is_chat_event(name) => {
-            if kind != NspKind::Chat {
-                return None;
-            }
             // Typing is for the others; a message is for everyone, its sender too.
             let typing = name == ServerEvent::TypingStart.as_str() || name == ServerEvent::TypingStop.as_str();
             (name, None, if typing { ev.from.clone() } else { None })
@@ -180,12 +178,13 @@ mod tests {
     }
 
     #[test]
-    fn chat_events_reach_chat_only_and_typing_skips_its_author() {
+    fn chat_events_reach_every_namespace_of_the_project_and_typing_skips_its_author() {
         let mut e = ev("project:p", "typing_start", json!({"user_id": "u1"}));
         e.from = Some(Principal { kind: PrincipalKind::User, id: "u1".into() });
         let t = translate(NspKind::Chat, "/chat/p", &e).unwrap();
         assert_eq!(t.exclude.as_ref().map(|p| p.id.as_str()), Some("u1"));
-        assert!(translate(NspKind::Project, "/project/p", &e).is_none());
+        // Every event of a joined channel reaches /project and /portal (contract §11).
+        assert!(translate(NspKind::Project, "/project/p", &e).is_some());
         let m = ev("project:p", "message_received", json!({}));
         assert!(translate(NspKind::Chat, "/chat/p", &m).unwrap().exclude.is_none());
     }
