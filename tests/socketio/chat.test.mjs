@@ -53,15 +53,22 @@ test("send_message → message_received {message_id, project_name, user_id, cont
   assert.deepEqual(other.got("message_received"), [], "not to another project's chat");
 });
 
-test("message_received reaches /portal sockets that joined the project, and not /project/{name} sockets", { skip }, async () => {
+test("message_received does not reach /project/{name} sockets (chat events are the chat's)", { skip }, async () => {
   const a = await chat("ch-d", "ch-p2");
-  const portal = await h.portalIn(node, "ch-e", "ch-p2", WS);
   const project = await h.userSocket(node, "/project/ch-p2", "ch-f", WS);
   a.emit("send_message", { content: "to the room", type: "message" });
-  await portal.wait("message_received", (m) => m.content === "to the room");
+  await a.wait("message_received", (m) => m.content === "to the room");
   await node.publish("project:ch-p2", "task_update", { marker: 1 }); // after the message, on the same channel
   await project.wait("task_update");
   assert.deepEqual(project.got("message_received"), []);
+});
+
+test("a chat message reaches /portal sockets that joined the project (§11: every event of a joined channel)", { skip }, async () => {
+  const a = await chat("ch-d2", "ch-p2b");
+  const portal = await h.portalIn(node, "ch-e", "ch-p2b", WS);
+  a.emit("send_message", { content: "to the portal", type: "message" });
+  await a.wait("message_received", (m) => m.content === "to the portal");
+  await portal.wait("message_received", (m) => m.content === "to the portal");
 });
 
 test("thread_reply with thread_id and attachments: carried in message_received", { skip }, async () => {
@@ -101,7 +108,6 @@ test("invalid send_message → validation_error {message, details: [{field, mess
     ["content", { type: "message" }],
     ["content", { content: 42, type: "message" }],
     ["content", { content: "x".repeat(2001), type: "message" }],
-    ["content", { content: "", type: "message" }], // seed 004's Joi.string() refuses the empty string
     ["type", { content: "hi" }],
     ["type", { content: "hi", type: "shout" }],
     ["type", { content: "hi", type: "response" }], // a server-side type, not a client one
@@ -145,6 +151,16 @@ test("invalid send_message → validation_error {message, details: [{field, mess
   // Still usable.
   a.emit("send_message", { content: "valid again", type: "message" });
   await a.wait("message_received", (m) => m.content === "valid again");
+});
+
+test("empty content is refused as seed 004's Joi.string() refuses it", { skip }, async () => {
+  const a = await chat("ch-i2", "ch-p5b");
+  a.emit("send_message", { content: "", type: "message" });
+  a.emit("send_message", { content: "marker", type: "message" });
+  await a.wait("message_received", (m) => m.content === "marker");
+  assert.deepEqual(a.got("message_received", (m) => m.content === ""), [], "an empty message was delivered");
+  const v = await a.wait("validation_error");
+  assert.ok(v.details.some((d) => d.field === "content"), JSON.stringify(v));
 });
 
 test("acks: send_message with a callback gets the answer, an invalid one {error: {code, message}}", { skip }, async () => {

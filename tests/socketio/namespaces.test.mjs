@@ -173,22 +173,52 @@ test("heartbeats: an idle client is pinged every ping_interval_ms and stays conn
   }
 });
 
-test("a client that stops answering is dropped after ping_interval + ping_timeout (raw polling session)", { skip }, async () => {
-  const tuned = await tunedNode();
-  const base = await h.sioCounts(tuned);
-  const { sid } = await h.engineHandshake(tuned);
-  const during = await h.sioCounts(tuned);
-  assert.equal(during.polling, base.polling + 1, `counts ${JSON.stringify(base)} → ${JSON.stringify(during)}`);
-  // Never polls, never pongs: gone within interval + timeout (1 s) plus slack.
+/** Raw Engine.IO long-polling: POST packets to a session, GET its next payload. */
+async function rawPost(n, sid, body) {
+  const r = await fetch(`${n.http}/socket.io/?EIO=4&transport=polling&sid=${sid}`, { method: "POST", body, headers: { "Content-Type": "text/plain;charset=UTF-8" } });
+  const text = await r.text();
+  assert.equal(r.status, 200, `POST ${body}: ${r.status} ${text}`);
+}
+async function rawGet(n, sid) {
+  const r = await fetch(`${n.http}/socket.io/?EIO=4&transport=polling&sid=${sid}`);
+  return { status: r.status, text: await r.text() };
+}
+
+test("a client that stops answering is dropped after ping_interval + ping_timeout (raw polling sessions)", { skip }, async () => {
+  const n = await h.startNode({ fabric, env: { GATEWAY_SOCKETIO__PING_INTERVAL_MS: "400", GATEWAY_SOCKETIO__PING_TIMEOUT_MS: "600" } });
+  // A session that connected /portal, then went silent (a closed laptop).
+  const { sid } = await h.engineHandshake(n);
+  await rawPost(n, sid, `40/portal,${JSON.stringify({ token: h.userToken("ns-silent") })}`);
+  const open = await rawGet(n, sid);
+  assert.match(open.text, /^40\/portal,\{"sid":/, `CONNECT answer: ${open.text}`);
   let now;
+  await h.waitFor(async () => (now = await n.health()).socketio?.polling === 1, 3000, () => `the session counted (${JSON.stringify(now?.socketio)})`);
+  assert.equal(now.websocket.connections, 1, "its namespace socket is a hub connection");
+  // A bare session (handshake only) that went silent too.
+  const bare = await h.engineHandshake(n);
+  // Neither polls nor pongs: both gone within interval + timeout (1 s) plus slack.
   await h.waitFor(
-    async () => (now = await h.sioCounts(tuned)).polling === base.polling,
+    async () => {
+      now = await n.health();
+      return now.socketio?.polling === 0 && now.socketio?.websocket === 0 && now.websocket.connections === 0;
+    },
     5000,
-    () => `the silent session to be dropped (counts ${JSON.stringify(now)})`,
+    () => `the silent sessions to be dropped (health ${JSON.stringify({ socketio: now?.socketio, websocket: now?.websocket })})`,
   );
-  const r = await fetch(`${tuned.http}/socket.io/?EIO=4&transport=polling&sid=${sid}`);
-  assert.equal(r.status, 400, "its sid is unknown now");
-  await r.body?.cancel();
+  for (const s of [sid, bare.sid]) {
+    const r = await rawGet(n, s);
+    assert.equal(r.status, 400, `sid ${s} unknown now: ${r.status} ${r.text}`);
+  }
+  // The silent user left its presence.
+  const s = await h.userSocket(n, "/portal", "ns-after-silence", WS);
+  assert.ok(s.connected);
+});
+
+test("a bare Engine.IO session (handshake, no namespace yet) counts in /health socketio", { skip }, async () => {
+  const n = await h.startNode({ fabric });
+  await h.engineHandshake(n);
+  const c = await h.sioCounts(n);
+  assert.deepEqual(c, { websocket: 0, polling: 1 }, "an Engine.IO connection by transport, whether or not it joined a namespace");
 });
 
 test("socketio.enabled = false (environment): /socket.io/ is not served, /ws still is", { skip }, async () => {
