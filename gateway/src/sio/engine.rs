@@ -59,6 +59,10 @@ enum End {
     Server(Close),
 }
 
+/// How long a long-polling engine the server ends waits for the next poll to carry
+/// its close packet.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How an upgrade probe ended.
 enum Probe {
     /// The client switched: go on over this WebSocket.
@@ -363,8 +367,7 @@ impl Engine {
         let mut last_poll = Instant::now();
         loop {
             if let Some(end) = self.reap().await {
-                answer(&mut waiting, self.closing_body(end));
-                return Err(end);
+                return Err(self.end_polling(rx, waiting, end).await);
             }
             if waiting.as_ref().is_some_and(oneshot::Sender::is_closed) {
                 waiting = None;
@@ -419,10 +422,34 @@ impl Engine {
                 }
             };
             if let Some(end) = ended {
-                answer(&mut waiting, self.closing_body(end));
-                return Err(end);
+                return Err(self.end_polling(rx, waiting, end).await);
             }
         }
+    }
+
+    /// Ends a long-polling engine: its last packets go to the waiting poll, or, when
+    /// the server ends it and nobody polls right now, to the next poll if it comes soon.
+    async fn end_polling(
+        &mut self,
+        rx: &mut mpsc::Receiver<Input>,
+        mut waiting: Option<oneshot::Sender<PollAnswer>>,
+        end: End,
+    ) -> End {
+        let body = self.closing_body(end);
+        if waiting.is_none() && matches!(end, End::Server(_)) {
+            let next = tokio::time::timeout(CLOSE_LINGER, async {
+                loop {
+                    match rx.recv().await {
+                        Some(Input::Poll(tx)) => return Some(tx),
+                        Some(_) => {}
+                        None => return None,
+                    }
+                }
+            });
+            waiting = next.await.ok().flatten();
+        }
+        answer(&mut waiting, body);
+        end
     }
 
     /// The last poll body of an engine that ends: notices and the close packet.

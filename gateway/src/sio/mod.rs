@@ -208,6 +208,11 @@ async fn serve(
     let resp = match q.get("sid") {
         None => handshake(node.clone(), peer, method, &q, &headers, websocket, ws).await,
         Some(sid) => match node.socketio.find(sid) {
+            // Behind a balancer with affinity, a draining node's 503 sends the request
+            // on to the node that took the client's new handshake.
+            None if node.shutdown.is_draining() => {
+                refuse(ErrorCode::Unavailable, "draining", "node is draining; reconnect").into_response()
+            }
             None => eio_error(1, "Session ID unknown"),
             Some((tx, transport)) if websocket => match ws {
                 Ok(ws) if !transport.is_websocket() => upgrade_to(&node, ws, tx),
