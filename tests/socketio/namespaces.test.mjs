@@ -271,3 +271,81 @@ test("/health `socketio` and gateway_socketio_connections count Engine.IO connec
   assert.match(after, /^gateway_socketio_connections\{transport="websocket"\} 0$/m);
   assert.match(after, /^gateway_socketio_connections\{transport="polling"\} 0$/m);
 });
+
+test("the per-user connection limit applies to namespace sockets → `limit_exceeded`", { skip }, async () => {
+  const n = await h.startNode({ fabric, env: { GATEWAY_LIMITS__PER_USER: "2" } });
+  const first = await h.userSocket(n, "/portal", "ns-lim", WS);
+  await h.userSocket(n, "/project/lim1", "ns-lim", WS);
+  const third = h.sio(n.url, "/chat/lim1", { auth: { token: h.userToken("ns-lim") }, ...WS });
+  assertRefusal(await h.refused(third), "limit_exceeded");
+  // Another user is not affected; a freed slot is usable again.
+  await h.userSocket(n, "/portal", "ns-lim-other", WS);
+  first.disconnect();
+  await h.waitFor(async () => {
+    const s = h.sio(n.url, "/chat/lim1", { auth: { token: h.userToken("ns-lim") }, ...WS });
+    try {
+      await h.connected(s, 3000);
+      return true;
+    } catch {
+      s.disconnect();
+      return false;
+    }
+  }, 5000, "a slot after a disconnect");
+});
+
+test("a full node (limits.max_connections) refuses another namespace socket `unavailable`, and a new Engine.IO connection", { skip }, async () => {
+  // A full node: a namespace CONNECT on an open Engine.IO connection is refused
+  // `unavailable`; a new Engine.IO connection is refused before it opens (503), as a
+  // native handshake is.
+  const full = await h.startNode({ fabric, env: { GATEWAY_LIMITS__MAX_CONNECTIONS: "2" } });
+  const m = h.manager(full.url, WS);
+  await h.connected(h.sio(full.url, "/portal", { manager: m, auth: { token: h.userToken("ns-full1") } }));
+  await h.userSocket(full, "/portal", "ns-full2", WS);
+  const r = await fetch(`${full.http}/socket.io/?EIO=4&transport=polling`);
+  const body = await r.text();
+  assert.ok(r.status === 503 || (r.status === 200 && body.startsWith("0")), `a new Engine.IO connection on a full node: ${r.status} ${body}`);
+  if (r.status === 503) assert.equal(JSON.parse(body).code, "unavailable", body);
+  const over = h.sio(full.url, "/portal", { auth: { token: h.userToken("ns-full3") }, ...WS });
+  const err = await h.refused(over);
+  assert.ok(["unavailable", "websocket error"].includes(err.message), `${err.message} ${JSON.stringify(err.data)}`);
+  assert.equal(over.connected, false);
+  // The open Engine.IO connection cannot add a third namespace socket either.
+  const extra = h.sio(full.url, "/monitoring", { manager: m, auth: { token: h.userToken("ns-full1") } });
+  let outcome;
+  try {
+    outcome = await h.refused(extra);
+  } catch (e) {
+    outcome = e;
+  }
+  const conns = (await full.health()).websocket.connections;
+  assert.equal(outcome.message, "unavailable", `${outcome.message}; the node now holds ${conns} connections with max_connections = 2`);
+  assertRefusal(outcome, "unavailable");
+});
+
+test("upgrade_timeout_ms: a WebSocket probe that never completes the upgrade is closed; the polling session goes on", { skip }, async () => {
+  const n = await h.startNode({ fabric, env: { GATEWAY_SOCKETIO__UPGRADE_TIMEOUT_MS: "500", GATEWAY_SOCKETIO__PING_INTERVAL_MS: "300" } });
+  const { sid } = await h.engineHandshake(n);
+  await rawPost(n, sid, `40/portal,${JSON.stringify({ token: h.userToken("ns-upg") })}`);
+  assert.match((await rawGet(n, sid)).text, /^40\/portal,/);
+  const { default: WebSocket } = await import("ws");
+  const ws = new WebSocket(`ws://127.0.0.1:${n.port}/socket.io/?EIO=4&transport=websocket&sid=${sid}`);
+  h.onCleanup(() => ws.terminate());
+  const msgs = [];
+  ws.on("message", (d) => msgs.push(String(d)));
+  ws.on("error", () => {});
+  await h.within(new Promise((r, j) => (ws.once("open", r), ws.once("error", j))), 5000, "probe socket open");
+  ws.send("2probe");
+  await h.waitFor(() => msgs.includes("3probe"), 3000, "3probe");
+  // No "5" (upgrade) follows: the server gives up on the probe after upgrade_timeout_ms.
+  const t0 = Date.now();
+  await h.within(new Promise((r) => ws.once("close", r)), 5000, "the probe socket closed by the server");
+  const took = Date.now() - t0;
+  assert.ok(took >= 300, `closed ${took} ms after the probe, before the 500 ms upgrade timeout`);
+  // The session is still on polling: a poll is answered (a ping within the 300 ms interval).
+  const poll = await rawGet(n, sid);
+  assert.equal(poll.status, 200, poll.text);
+  assert.match(poll.text, /^[26]/, `a ping (or noop) on the polling session: ${poll.text}`);
+  await rawPost(n, sid, "3");
+  const c = await h.sioCounts(n);
+  assert.deepEqual(c, { websocket: 0, polling: 1 });
+});

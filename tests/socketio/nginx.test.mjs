@@ -93,7 +93,7 @@ test("long-polling behind nginx: affinity keeps each session on its node; join, 
   await h.waitFor(async () => (await perNode()).every((c) => c === 0), 5000, "every connection closed");
 });
 
-test("graceful drain behind nginx: the drained node's clients reconnect to the others and re-join; the rest are undisturbed", { skip, timeout: 90_000 }, async () => {
+test("graceful drain behind nginx: the drained node's clients reconnect to the others and re-join; the rest are undisturbed", { skip, timeout: 90_000 }, async (t) => {
   const P = "lb-p2";
   const opts = (i, transports) => ({
     auth: { token: h.userToken(`lb-d${i}`) },
@@ -167,6 +167,6 @@ test("graceful drain behind nginx: the drained node's clients reconnect to the o
   // The re-joined clients see the state in joined_project, from the channel's history.
   const rejoin = await moved[0].ask("join_project", { project_name: P });
   assert.equal(rejoin.current_state, "AFTER_DRAIN", JSON.stringify(rejoin));
+  t.diagnostic(`drain: ${onVictim} of ${clients.length} clients on ${drained.id} (counts ${counts}); node exited ${exitedAfter} ms after SIGTERM; now ${now}`);
   assert.deepEqual(badReasons, [], "each drained client sees an Engine.IO close, not a parse error or a namespace disconnect");
-  console.log(`# drain: ${onVictim} of ${clients.length} clients on ${drained.id} (counts ${counts}); node exited ${exitedAfter} ms after SIGTERM; now ${now}`);
 });

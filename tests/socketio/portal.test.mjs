@@ -204,3 +204,15 @@ test("subscribe_to_events {events, project_name} filters that project only", { s
   await h.sleep(300);
   assert.deepEqual(s.got("task_update"), [{ p: 11 }], "pt-p10's task_update filtered out, pt-p11's untouched");
 });
+
+test("a /project/{name} socket is a presence of its user in the project: user_joined and user_left to portal sockets", { skip }, async () => {
+  const p = "pt-p12";
+  const a = await h.portalIn(node, "pt-h", p, WS);
+  const x = await h.userSocket(node, `/project/${p}`, "pt-x", WS);
+  const j = await a.wait("user_joined", joinedBy("pt-x"));
+  assert.equal(j.project_name, p);
+  assert.deepEqual(x.got("user_joined", joinedBy("pt-x")), [], "not to itself");
+  x.disconnect();
+  const l = await a.wait("user_left", joinedBy("pt-x"));
+  assert.equal(l.project_name, p);
+});
