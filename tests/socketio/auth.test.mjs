@@ -48,16 +48,22 @@ test("API key in the CONNECT auth: /portal joins agent:<id>", { skip }, async ()
   await reaches(s, "agent:agent-1");
 });
 
-test("?token= in the query (JWT)", { skip }, async () => {
-  const s = h.sio(node.url, "/portal", { query: { token: h.userToken("auth-u2") }, ...WS });
-  await h.connected(s);
-  await reaches(s, "user:auth-u2");
+test("?token= in the query (JWT), over WebSocket and polling", { skip }, async () => {
+  for (const transports of [["websocket"], ["polling"]]) {
+    const s = h.sio(node.url, "/portal", { query: { token: h.userToken("auth-u2") }, transports });
+    await h.connected(s);
+    await reaches(s, "user:auth-u2");
+    s.disconnect();
+  }
 });
 
-test("?apiKey= in the query (agent key)", { skip }, async () => {
-  const s = h.sio(node.url, "/portal", { query: { apiKey: h.AGENT_KEYS["agent-2"] }, ...WS });
-  await h.connected(s);
-  await reaches(s, "agent:agent-2");
+test("?apiKey= in the query (agent key), over WebSocket and polling", { skip }, async () => {
+  for (const transports of [["websocket"], ["polling"]]) {
+    const s = h.sio(node.url, "/portal", { query: { apiKey: h.AGENT_KEYS["agent-2"] }, transports });
+    await h.connected(s);
+    await reaches(s, "agent:agent-2");
+    s.disconnect();
+  }
 });
 
 test("Authorization: Bearer header (extraHeaders), JWT and API key, over polling and WebSocket", { skip }, async () => {

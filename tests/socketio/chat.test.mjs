@@ -287,6 +287,17 @@ test("rate limits per connection (per second with burst): rate_limited {message,
   await a.wait("message_received", (m) => m.content === "later", 5000);
 });
 
+test("rate limits cover every client event: upstream sends over the limit are acked {error: {code: rate_limited}}", { skip }, async () => {
+  const slow = await h.startNode({ fabric, env: { GATEWAY_RATE__PER_SECOND: "1", GATEWAY_RATE__BURST: "3", GATEWAY_RATE__PER_MINUTE: "1000" } });
+  const a = await h.userSocket(slow, "/portal", "ch-rate4", WS);
+  const acks = await Promise.all(Array.from({ length: 8 }, (_, i) => a.ask("status:update", { i })));
+  const ok = acks.filter((x) => x?.ok === true).length;
+  const limited = acks.filter((x) => x?.error?.code === "rate_limited");
+  assert.equal(ok + limited.length, 8, JSON.stringify(acks));
+  assert.ok(ok >= 1 && ok <= 5, `${ok} sent with burst 3: ${JSON.stringify(acks)}`);
+  assert.ok(a.connected);
+});
+
 test("rate limits per connection (per minute): past the minute's budget, rate_limited with retry_after in seconds", { skip }, async () => {
   const slow = await h.startNode({ env: { GATEWAY_RATE__PER_SECOND: "100", GATEWAY_RATE__BURST: "100", GATEWAY_RATE__PER_MINUTE: "4" } });
   const a = await h.userSocket(slow, "/chat/ch-r2", "ch-rate2", WS);

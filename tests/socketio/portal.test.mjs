@@ -216,3 +216,19 @@ test("a /project/{name} socket is a presence of its user in the project: user_jo
   const l = await a.wait("user_left", joinedBy("pt-x"));
   assert.equal(l.project_name, p);
 });
+
+test("event names and data pass through unchanged: names with ':' and '.', data of every JSON type", { skip }, async () => {
+  const s = await h.portalIn(node, "pt-i", "pt-p13", WS);
+  const cases = [
+    ["task:assigned", { id: "t1", nested: { deep: [1, { x: null }] } }],
+    ["message.created", "just a string"],
+    ["counter", 42],
+    ["list", [1, "two", { three: 3 }]],
+    ["flag", true],
+    ["nothing", null],
+    ["unicode", { text: "héllo \u2603 \ud83d\ude80" }],
+  ];
+  for (const [event, data] of cases) await node.publish("project:pt-p13", event, data);
+  await s.wait("unicode");
+  for (const [event, data] of cases) assert.deepEqual(s.got(event), [data], event);
+});
