@@ -65,6 +65,19 @@ export function onCleanup(fn) {
   closers.push(fn);
 }
 
+// A test process that ends without `after` (an uncaught error, Ctrl-C, the runner's
+// SIGTERM) still takes its servers with it. (SIGKILL cannot be caught; local-cluster.sh
+// watches this process for that case.)
+process.once("exit", () => {
+  for (const proc of children) if (alive(proc)) killTree(proc, "SIGKILL");
+});
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.once(sig, () => {
+    for (const proc of children) if (alive(proc)) killTree(proc, "SIGKILL");
+    process.exit(128 + { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 }[sig]);
+  });
+}
+
 /** Stops everything this file started. Call from `after`. */
 export async function cleanup() {
   for (const s of sockets) {
