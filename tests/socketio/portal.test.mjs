@@ -232,3 +232,44 @@ test("event names and data pass through unchanged: names with ':' and '.', data 
   await s.wait("unicode");
   for (const [event, data] of cases) assert.deepEqual(s.got(event), [data], event);
 });
+
+test("one presence with native clients: a native subscriber is a user_joined to portal sockets, a portal join is a presence.join and a member to natives", { skip }, async () => {
+  const p = "pt-p14";
+  const portalA = await h.portalIn(node, "pt-j", p, WS);
+  // A native client subscribes: the portal hears user_joined.
+  const native = await h.nativeClient(node, h.userToken("pt-native2"));
+  await native.request({ type: "subscribe", channels: [`project:${p}`] });
+  await portalA.wait("user_joined", joinedBy("pt-native2"));
+  // A portal user joins: the native client sees presence.join and presence.get lists it.
+  await h.portalIn(node, "pt-k", p, WS);
+  await h.waitFor(() => native.events("presence.join").some((e) => e.data?.id === "pt-k"), 5000, "presence.join of pt-k at the native client");
+  const members = await native.request({ type: "request", method: "presence.get", params: { channel: `project:${p}` } });
+  const ids = (members.result?.members ?? []).map((m) => `${m.kind}:${m.id}`).sort();
+  assert.deepEqual(ids, ["user:pt-j", "user:pt-k", "user:pt-native2"], JSON.stringify(members));
+  // The native client leaves: user_left at the portal.
+  native.close();
+  await portalA.wait("user_left", joinedBy("pt-native2"));
+});
+
+test("one history with native clients: chat messages and portal-visible events are in the channel's history.get", { skip }, async () => {
+  const p = "pt-p15";
+  const c = await h.userSocket(node, `/chat/${p}`, "pt-l", WS);
+  const ack = await c.ask("send_message", { content: "kept", type: "message" });
+  assert.ok(!ack?.error, JSON.stringify(ack));
+  await node.publish(`project:${p}`, "task_update", { kept: true });
+  const native = await h.nativeClient(node, h.userToken("pt-historian"));
+  let page;
+  await h.waitFor(
+    async () => {
+      page = await native.request({ type: "request", method: "history.get", params: { channel: `project:${p}` } });
+      return (page.result?.events ?? []).length >= 2;
+    },
+    5000,
+    () => `two events in history (${JSON.stringify(page)})`,
+  );
+  const evs = page.result.events.map((e) => [e.event, e.data?.content ?? e.data?.kept]);
+  assert.deepEqual(evs.filter(([e]) => e !== "presence.join" && e !== "presence.leave"), [
+    ["message_received", "kept"],
+    ["task_update", true],
+  ]);
+});
