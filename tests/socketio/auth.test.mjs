@@ -109,6 +109,8 @@ test("no credentials: the namespace connects; `authenticate {token}` → `authen
   const ok = await s.wait("authenticated");
   assert.equal(ok.user_id, "auth-late");
   assert.ok(Array.isArray(ok.permissions), `permissions: ${JSON.stringify(ok.permissions)}`);
+  assert.ok(ok.permissions.includes("project:*"), `a token for every project: ${JSON.stringify(ok.permissions)}`);
+  assert.ok(!ok.permissions.includes("admin"), JSON.stringify(ok.permissions));
   // Now it is the user's portal: its own channel, and join_project.
   await reaches(s, "user:auth-late");
   const joined = await s.ask("join_project", { project_name: "auth-p1" });

@@ -169,7 +169,7 @@ test("acks: send_message with a callback gets the answer, an invalid one {error:
   assert.equal(typeof ok, "object", JSON.stringify(ok));
   assert.ok(ok && !ok.error, JSON.stringify(ok));
   const m = await a.wait("message_received", (x) => x.content === "acked");
-  if (ok.message_id !== undefined) assert.equal(ok.message_id, m.message_id, "the ack names the message delivered");
+  assert.deepEqual(ok, { message_id: m.message_id }, "the ack names the message delivered");
   const bad = await a.ask("send_message", { content: "x", type: "nope" });
   assert.equal(typeof bad?.error?.code, "string", JSON.stringify(bad));
   assert.equal(typeof bad.error.message, "string", JSON.stringify(bad));

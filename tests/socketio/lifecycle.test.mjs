@@ -60,3 +60,40 @@ for (const transports of [["websocket"], ["polling"], ["polling", "websocket"]])
     await h.within(n.proc.exited, 5000, "node exit");
   });
 }
+
+test("/api/disconnect of a user: the server leaves its namespaces (`io server disconnect`), the client does not reconnect", { skip }, async () => {
+  const n = await h.startNode();
+  const s = h.sio(n.url, "/portal", { auth: { token: h.userToken("lc-kick") }, transports: ["websocket"], reconnection: true, reconnectionDelay: 100 });
+  await h.connected(s);
+  const gone = h.disconnected(s);
+  const r = await fetch(`${n.http}/api/disconnect`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${h.ADMIN}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ kind: "user", id: "lc-kick", reason: "kicked" }),
+  });
+  await r.body?.cancel();
+  assert.equal(r.status, 202);
+  assert.equal(await gone, "io server disconnect", `events before it: ${s.log.map((e) => e.event)}`);
+  await h.sleep(500);
+  assert.equal(s.connected, false, "no reconnect after a server-side namespace disconnect");
+});
+
+test("an expired token: the server leaves the namespace (`io server disconnect`)", { skip }, async () => {
+  const n = await h.startNode();
+  const now = Math.floor(Date.now() / 1000);
+  const s = h.sio(n.url, "/portal", { auth: { token: h.jwt({ sub: "lc-exp", iat: now, exp: now + 2, projects: ["*"] }) }, transports: ["websocket"] });
+  await h.connected(s);
+  const reason = await h.disconnected(s, 6000);
+  assert.equal(reason, "io server disconnect", `events before it: ${s.log.map((e) => e.event)}`);
+});
+
+test("rate.strikes_to_close limited events in a row: the server leaves the namespace (`io server disconnect`)", { skip }, async () => {
+  const n = await h.startNode({ env: { GATEWAY_RATE__PER_SECOND: "1", GATEWAY_RATE__BURST: "1", GATEWAY_RATE__STRIKES_TO_CLOSE: "3" } });
+  const s = h.sio(n.url, "/portal", { auth: { token: h.userToken("lc-spam") }, transports: ["websocket"] });
+  await h.connected(s);
+  const gone = h.disconnected(s, 5000);
+  for (let i = 0; i < 10; i++) s.emit("status:update", { i });
+  const reason = await gone;
+  assert.equal(reason, "io server disconnect", `events before it: ${s.log.map((e) => e.event)}`);
+  assert.ok(s.got("rate_limited").length >= 1, `events: ${s.log.map((e) => e.event)}`);
+});

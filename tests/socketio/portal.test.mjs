@@ -102,8 +102,7 @@ test("a project not joined (or left) delivers nothing; leave_project stops deliv
   await node.publish("project:pt-p6", "task_update", { from: "p6" });
   await node.publish("project:pt-p5", "task_update", { from: "p5" });
   await s.wait("task_update", (d) => d.from === "p5");
-  s.emit("leave_project", { project_name: "pt-p5" });
-  await h.sleep(300);
+  assert.deepEqual(await s.ask("leave_project", { project_name: "pt-p5" }), { ok: true });
   await node.publish("project:pt-p5", "task_update", { from: "p5-after-leave" });
   await node.publish("user:pt-u5", "notification", { marker: 1 }); // ordering marker on another channel
   await s.wait("notification");
@@ -118,6 +117,11 @@ test("join_project for a project outside the token's `projects` → ack {error: 
   const no = await s.ask("join_project", { project_name: "pt-theirs" });
   assert.equal(no?.error?.code, "forbidden", JSON.stringify(no));
   assert.equal(typeof no.error.message, "string");
+  // Without a callback the refusal is an `error {code, message}` event.
+  s.emit("join_project", { project_name: "pt-theirs" });
+  const ev = await s.wait("error");
+  assert.equal(ev.code, "forbidden", JSON.stringify(ev));
+  assert.equal(typeof ev.message, "string");
   const bad = await s.ask("join_project", {});
   assert.equal(typeof bad?.error?.code, "string", `no project_name: ${JSON.stringify(bad)}`);
   assert.ok(s.connected);
