@@ -172,11 +172,15 @@ impl Engine {
 
     /// Resolves when any live socket's queue may have something (or a close).
     async fn any_ready(sockets: &[NsSocket]) {
-        let waits: Vec<_> = sockets.iter().filter_map(NsSocket::live).map(|l| Box::pin(l.outbox.ready())).collect();
-        if waits.is_empty() {
-            std::future::pending::<()>().await;
-        } else {
-            select_all(waits).await;
+        let mut live = sockets.iter().filter_map(NsSocket::live);
+        match (live.next(), live.next()) {
+            (None, _) => std::future::pending::<()>().await,
+            // The common case (one namespace), without allocating per wake-up.
+            (Some(one), None) => one.outbox.ready().await,
+            _ => {
+                let waits = sockets.iter().filter_map(NsSocket::live).map(|l| Box::pin(l.outbox.ready()));
+                select_all(waits).await;
+            }
         }
     }
 
@@ -361,6 +365,9 @@ impl Engine {
                 }
             }
         }
+        // One timer for the connection's deadlines, moved only when the earliest changes.
+        let timer = sleep_until(self.deadline());
+        tokio::pin!(timer);
         loop {
             if let Some(end) = self.reap().await {
                 return self.close_ws(&mut sink, end).await;
@@ -381,6 +388,9 @@ impl Engine {
                 }
             }
             let due = self.deadline();
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             let ended = tokio::select! {
                 biased;
                 _ = self.node.shutdown.stopped() => Some(End::Server(Close::bare(CloseCode::GoingAway))),
@@ -391,7 +401,7 @@ impl Engine {
                     Some(Ok(Message::Close(_)) | Err(_)) | None => Some(End::Gone),
                 },
                 () = Self::any_ready(&self.sockets) => None,
-                () = sleep_until(due) => self.on_timer().await,
+                () = &mut timer => self.on_timer().await,
             };
             if let Some(end) = ended {
                 return self.close_ws(&mut sink, end).await;
