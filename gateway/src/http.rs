@@ -2,9 +2,11 @@
 //! and readiness, metrics, the admin API (`POST /api/publish`, `POST /api/disconnect`)
 //! and the console (`GET /console`, see [`crate::console`]).
 //!
-//! A handshake is checked completely before the upgrade — draining, origin, encoding,
-//! node capacity, per-IP limit, credentials, cluster-wide admission — so a refusal is an
-//! HTTP status with a JSON `{"code","message"}` body, never a socket that opens and dies.
+//! A handshake is checked completely before the upgrade — per-IP handshake rate,
+//! draining, origin, encoding, node capacity, per-IP limit, credentials, cluster-wide
+//! admission — so a refusal is an HTTP status with a JSON `{"code","message"}` body,
+//! never a socket that opens and dies. "IP" is the client's address: the TCP peer, or
+//! behind a trusted proxy the address it forwarded ([`crate::client_ip`]).
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
@@ -132,6 +134,14 @@ async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ip = node.proxies.client_ip(peer.ip(), &headers);
+    // First, before any other work: a flood from one address costs only this.
+    if let Err(wait) = node.handshake_rate.check(ip) {
+        tracing::debug!(client = %ip, %peer, "handshake refused: rate per address");
+        let mut e = refuse(ErrorCode::RateLimited, "handshake_rate", "too many handshakes from this address");
+        e.0.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        return Err(e);
+    }
     // Malformed requests get the same JSON error shape as every other refusal.
     let Query(q) = query.map_err(|e| refuse(ErrorCode::BadRequest, "bad_request", e.body_text()))?;
     let ws = ws.map_err(|e| refuse(ErrorCode::BadRequest, "not_websocket", e.body_text()))?;
@@ -171,8 +181,8 @@ async fn upgrade(
     if !node.claim_slot() {
         return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
     }
-    let ip = peer.ip();
     if !node.claim_ip(ip) {
+        tracing::debug!(client = %ip, %peer, "handshake refused: connections per address");
         node.release_slot();
         return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
     }
@@ -225,6 +235,7 @@ fn reason_label(e: &crate::auth::AuthError) -> &'static str {
         A::Revoked => "revoked",
         A::Unavailable => "unavailable",
         A::NotConfigured(_) => "not_configured",
+        A::KeysUnavailable => "keys_unavailable",
     }
 }
 
