@@ -22,6 +22,14 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwapOption;
+use axum::http::{Request, Uri, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, jwk::Jwk};
 use serde_json::Value;
 use tokio::{sync::Mutex, time::Instant};
@@ -54,6 +62,9 @@ pub enum JwksError {
     NoUsableKey,
 }
 
+/// The HTTP(S) client of the fetches.
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
 /// One verification key and the only algorithm it verifies.
 pub struct VerifyKey {
     /// The public key.
@@ -77,9 +88,9 @@ struct KeySet {
 /// The key set of `auth.jwks_url`, shared by every credential check of a node.
 pub struct Jwks {
     /// Where the set is fetched from.
-    url: String,
-    /// The HTTP client (rustls on ring for https).
-    client: reqwest::Client,
+    url: Uri,
+    /// The HTTP client (rustls on ring, the system's CA roots, for https).
+    client: HttpsClient,
     /// The last good set; `None` until the first fetch succeeded.
     set: ArcSwapOption<KeySet>,
     /// `auth.jwks_refresh_secs`.
@@ -104,17 +115,28 @@ enum Trigger {
 impl Jwks {
     /// A key set for `cfg.jwks_url`, empty until [`Jwks::prime`] or the first refetch.
     pub fn new(cfg: &AuthConfig, base: Validation) -> Result<Self, String> {
-        // reqwest's rustls needs a process-wide crypto provider; ring is the one the
-        // NATS client builds too. Already installed (by the embedder): keep theirs.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("auth.jwks_url: HTTP client: {e}"))?;
+        let url: Uri = cfg.jwks_url.parse().map_err(|e| format!("auth.jwks_url: {e}"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let connector = match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider.clone())
+        {
+            Ok(builder) => builder.https_or_http().enable_http1().build(),
+            Err(e) if url.scheme_str() == Some("https") => {
+                return Err(format!("auth.jwks_url: no CA certificates for https: {e}"));
+            }
+            // Plain http needs no roots.
+            Err(_) => {
+                let tls = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("auth.jwks_url: TLS: {e}"))?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build()
+            }
+        };
         Ok(Jwks {
-            url: cfg.jwks_url.clone(),
-            client,
+            url,
+            client: Client::builder(TokioExecutor::new()).build(connector),
             set: ArcSwapOption::empty(),
             refresh: Duration::from_secs(cfg.jwks_refresh_secs),
             min_refetch: Duration::from_secs(cfg.jwks_min_refetch_secs),
@@ -215,20 +237,24 @@ impl Jwks {
         }
     }
 
-    /// The body of the key set, bounded.
-    async fn download(&self) -> Result<Vec<u8>, JwksError> {
-        let mut res = self.client.get(&self.url).send().await.map_err(|e| JwksError::Request(e.to_string()))?;
-        if !res.status().is_success() {
-            return Err(JwksError::Status(res.status().as_u16()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = res.chunk().await.map_err(|e| JwksError::Request(e.to_string()))? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(JwksError::Malformed(format!("larger than {MAX_BODY} bytes")));
+    /// The body of the key set, bounded in size and time.
+    async fn download(&self) -> Result<Bytes, JwksError> {
+        let req = Request::get(self.url.clone())
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, concat!("gateway/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::new())
+            .map_err(|e| JwksError::Request(e.to_string()))?;
+        let fetch = async {
+            let res = self.client.request(req).await.map_err(|e| JwksError::Request(e.to_string()))?;
+            if !res.status().is_success() {
+                return Err(JwksError::Status(res.status().as_u16()));
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+            let body = Limited::new(res.into_body(), MAX_BODY).collect().await;
+            body.map(|b| b.to_bytes()).map_err(|e| JwksError::Malformed(format!("body: {e}")))
+        };
+        tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| JwksError::Request(format!("no answer within {FETCH_TIMEOUT:?}")))?
     }
 
     /// The usable keys of a set; keys the gateway cannot or must not use are skipped.
