@@ -251,6 +251,11 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
         _ => json!({ "status": "unknown" }),
     };
     let status = if bus.is_up() && presence.is_up() { "ok" } else { "degraded" };
+    // With `auth.jwks_url`: whether the key set was ever fetched, and how old it is.
+    let jwks = node.auth.jwks().map(|j| match j.status() {
+        Some((keys, age_secs)) => json!({ "status": "ok", "keys": keys, "ageSecs": age_secs }),
+        None => json!({ "status": "never_fetched" }),
+    });
     Json(json!({
         "status": status,
         "timestamp": iso8601(now_ms()),
@@ -267,6 +272,7 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
         "nats": bus,
         "redis": presence,
         "cluster": cluster,
+        "jwks": jwks,
     }))
     .into_response()
 }

@@ -334,6 +334,7 @@ async fn before_the_first_fetch_jwts_get_503_and_api_keys_work() -> anyhow::Resu
     let node = TestNode::start(config(&server, 300, 1)).await?;
     let (status, code, _) = refused(&node, &a.token("u-a", None)?).await?;
     assert_eq!((status, code.as_str()), (503, "unavailable"));
+    assert_eq!(node.health().await?["jwks"]["status"], "never_fetched");
     let mut agent = Client::connect(Connect::new(node.ws("")).bearer(AGENT_KEYS[0].1)).await?;
     assert_eq!(connected(&mut agent).await?.1, AGENT_KEYS[0].0);
     // In band the same refusal is an error frame, then the close (1001: retry).
@@ -349,5 +350,7 @@ async fn before_the_first_fetch_jwts_get_503_and_api_keys_work() -> anyhow::Resu
     let user =
         eventually(Duration::from_secs(5), || async { user_of(&node, &a.token("u-a", None).ok()?).await.ok() }).await?;
     assert_eq!(user, "u-a");
+    let health = node.health().await?;
+    assert_eq!((&health["jwks"]["status"], &health["jwks"]["keys"]), (&json!("ok"), &json!(1)), "{health}");
     node.stop().await
 }
