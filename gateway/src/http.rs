@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, EventName, PrincipalKind, iso8601, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::{
     bus::DisconnectCommand,
@@ -195,6 +196,7 @@ async fn upgrade(
                 metrics::counter!(telemetry::AUTH_FAILURES, "reason" => reason_label(&e), "carrier" => carrier)
                     .increment(1);
                 metrics::counter!(telemetry::REFUSALS, "reason" => "auth").increment(1);
+                tracing::debug!(client = %ip, %peer, carrier, error = %e, "handshake refused: credentials");
                 ApiError::from(&e)
             })?;
             let admission = Admission::take(&node, connection_id.clone(), &identity.principal).await.map_err(|e| {
@@ -217,12 +219,17 @@ async fn upgrade(
     let socket = socket.map(|Extension(s)| s);
     let start = Start { connection_id, encoding, authenticated, subscribe, socket };
     let tasks = node.tasks.clone();
+    // Every log line of the connection names its client address and id.
+    let span = tracing::info_span!("ws", client = %ip, conn = %start.connection_id);
     Ok(ws.on_upgrade(move |socket| {
         let (sink, stream) = socket.split();
-        tasks.track_future(async move {
-            let _claim = claim;
-            driver::serve(sink, stream, node, start).await;
-        })
+        tasks.track_future(
+            async move {
+                let _claim = claim;
+                driver::serve(sink, stream, node, start).await;
+            }
+            .instrument(span),
+        )
     }))
 }
 

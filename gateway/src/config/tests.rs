@@ -72,10 +72,14 @@ fn env_overrides_file() {
         jail.set_env("GATEWAY_JWT_SECRET", "12345");
         jail.set_env("GATEWAY_SERVICE_HOST", "10.0.0.1");
         jail.set_env("GATEWAY_CONFIG", "gateway.toml");
+        jail.set_env("GATEWAY_HTTP__TRUSTED_PROXIES", "10.0.0.0/8,fd00::/8, 192.168.1.1");
+        jail.set_env("GATEWAY_AUTH__JWKS_URL", "https://id.example/.well-known/jwks.json");
         let c = Config::load(Some(std::path::Path::new("gateway.toml"))).map_err(|e| e.to_string())?;
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.limits.per_agent, 7);
         assert_eq!(c.jwt_secret, "12345");
+        assert_eq!(c.http.trusted_nets().map(|n| n.len()), Ok(3));
+        assert_eq!(c.auth.jwks_url, "https://id.example/.well-known/jwks.json");
         Ok(())
     });
 }

