@@ -1,6 +1,7 @@
 //! The HTTP surface: the WebSocket handshake (`GET /ws` and any other `ws_paths`), health
-//! and readiness, metrics, the admin API (`POST /api/publish`, `POST /api/disconnect`)
-//! and the console (`GET /console`, see [`crate::console`]).
+//! and readiness, metrics, the admin API (`POST /api/publish`, `POST /api/disconnect`),
+//! the console (`GET /console`, see [`crate::console`]) and Socket.IO (`/socket.io/`,
+//! see [`crate::sio`]).
 //!
 //! A handshake is checked completely before the upgrade — per-IP handshake rate,
 //! draining, origin, encoding, node capacity, per-IP limit, credentials, cluster-wide
@@ -8,7 +9,11 @@
 //! never a socket that opens and dies. "IP" is the client's address: the TCP peer, or
 //! behind a trusted proxy the address it forwarded ([`crate::client_ip`]).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
@@ -56,17 +61,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/publish", post(publish))
         .route("/api/disconnect", post(disconnect))
         .merge(crate::console::routes())
+        .merge(crate::sio::routes(&node))
         .with_state(node)
 }
 
-fn refuse(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+/// A handshake refusal, counted by reason.
+pub(crate) fn refuse(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> ApiError {
     metrics::counter!(telemetry::REFUSALS, "reason" => reason).increment(1);
     ApiError::new(code, message)
 }
 
 /// A socket's place in the node-wide and per-IP counts, released when the connection
 /// (or a handshake refused after claiming) ends.
-struct Claim {
+pub(crate) struct Claim {
     node: Arc<Node>,
     ip: std::net::IpAddr,
 }
@@ -78,8 +85,36 @@ impl Drop for Claim {
     }
 }
 
+/// The client's address of a handshake (the TCP peer, or behind a trusted proxy the
+/// client it forwarded), charged one handshake of its rate: 429 with `Retry-After` when
+/// over it. The first check of every handshake, native or Socket.IO.
+pub(crate) fn client_address(node: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAddr, ApiError> {
+    let ip = node.proxies.client_ip(peer.ip(), headers);
+    if let Err(wait) = node.handshake_rate.check(ip) {
+        tracing::debug!(client = %ip, %peer, "handshake refused: rate per address");
+        let mut e = refuse(ErrorCode::RateLimited, "handshake_rate", "too many handshakes from this address");
+        e.0.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        return Err(e);
+    }
+    Ok(ip)
+}
+
+/// Takes a node-wide slot and one of `ip`'s, counted from the handshake (not from
+/// registration) so concurrent handshakes cannot overshoot the limits.
+pub(crate) fn claim(node: &Arc<Node>, ip: std::net::IpAddr) -> Result<Claim, ApiError> {
+    if !node.claim_slot() {
+        return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
+    }
+    if !node.claim_ip(ip) {
+        tracing::debug!(client = %ip, "handshake refused: connections per address");
+        node.release_slot();
+        return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
+    }
+    Ok(Claim { node: node.clone(), ip })
+}
+
 /// Picks the credential: `Authorization: Bearer`, `?token=`, `X-API-Key`, `?apiKey=` (first wins).
-fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(String, &'static str)> {
+pub(crate) fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(String, &'static str)> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         let bearer = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
@@ -135,14 +170,8 @@ async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let ip = node.proxies.client_ip(peer.ip(), &headers);
     // First, before any other work: a flood from one address costs only this.
-    if let Err(wait) = node.handshake_rate.check(ip) {
-        tracing::debug!(client = %ip, %peer, "handshake refused: rate per address");
-        let mut e = refuse(ErrorCode::RateLimited, "handshake_rate", "too many handshakes from this address");
-        e.0.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
-        return Err(e);
-    }
+    let ip = client_address(&node, peer, &headers)?;
     // Malformed requests get the same JSON error shape as every other refusal.
     let Query(q) = query.map_err(|e| refuse(ErrorCode::BadRequest, "bad_request", e.body_text()))?;
     let ws = ws.map_err(|e| refuse(ErrorCode::BadRequest, "not_websocket", e.body_text()))?;
@@ -177,17 +206,7 @@ async fn upgrade(
             format!("?subscribe= may name at most {max} channels"),
         ));
     }
-    // Counted from here, not from registration, so concurrent handshakes and sockets
-    // still authenticating cannot overshoot the limit.
-    if !node.claim_slot() {
-        return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
-    }
-    if !node.claim_ip(ip) {
-        tracing::debug!(client = %ip, %peer, "handshake refused: connections per address");
-        node.release_slot();
-        return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
-    }
-    let claim = Claim { node: node.clone(), ip };
+    let claim = claim(&node, ip)?;
     let connection_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
     let authenticated = match credential {
         None => None,
@@ -263,6 +282,7 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
         Some((keys, age_secs)) => json!({ "status": "ok", "keys": keys, "ageSecs": age_secs }),
         None => json!({ "status": "never_fetched" }),
     });
+    let (sio_ws, sio_polling) = node.socketio.counts();
     Json(json!({
         "status": status,
         "timestamp": iso8601(now_ms()),
@@ -276,6 +296,7 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
             "subscriptions": s.subscriptions,
             "trackedIps": node.tracked_ips(),
         },
+        "socketio": { "websocket": sio_ws, "polling": sio_polling },
         "nats": bus,
         "redis": presence,
         "cluster": cluster,

@@ -66,6 +66,8 @@ pub struct Node {
     pub proxies: TrustedProxies,
     /// Handshakes per second per client address.
     pub handshake_rate: Arc<HandshakeRate>,
+    /// Socket.IO's Engine.IO connections (found by session id, counted by transport).
+    pub socketio: crate::sio::Engines,
     /// Source of node-local connection numbers.
     next_conn: AtomicU64,
     /// Open connections per client IP (the per-IP limit).
@@ -122,6 +124,7 @@ impl Node {
             membership,
             shutdown,
             tasks,
+            socketio: crate::sio::Engines::default(),
             next_conn: AtomicU64::new(1),
             per_ip: DashMap::new(),
             slots: AtomicUsize::new(0),

@@ -130,6 +130,8 @@ pub struct Config {
     pub ws_default_format: BTreeMap<String, String>,
     /// Agent status and backend hooks.
     pub lifecycle: LifecycleConfig,
+    /// Socket.IO clients on `/socket.io/` (contract §11).
+    pub socketio: SocketIoConfig,
     /// A backend reached over HTTP for requests and upstream sends (no NATS needed).
     pub backend_http: BackendHttpConfig,
 }
@@ -285,6 +287,7 @@ impl Default for Config {
             ws_paths: ws_paths::default_ws_paths(),
             ws_default_format: BTreeMap::new(),
             lifecycle: LifecycleConfig::default(),
+            socketio: SocketIoConfig::default(),
             backend_http: BackendHttpConfig::default(),
         }
     }
@@ -437,6 +440,7 @@ mod de;
 mod history;
 mod http;
 mod lifecycle;
+mod socketio;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -448,3 +452,4 @@ use de::{lossy_string, string_or_list};
 pub use history::{HistoryConfig, NsHistory};
 pub use http::HttpConfig;
 pub use lifecycle::LifecycleConfig;
+pub use socketio::SocketIoConfig;

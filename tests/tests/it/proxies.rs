@@ -172,3 +172,24 @@ async fn a_handshake_flood_from_one_address_gets_429_with_retry_after() -> anyho
     assert!(metrics.lines().any(|l| l.contains("reason=\"handshake_rate\"")), "no handshake_rate refusals counted");
     node.stop().await
 }
+
+#[tokio::test]
+async fn socketio_handshakes_share_the_rate_and_the_client_address() -> anyhow::Result<()> {
+    let mut cfg = config(&["127.0.0.1/32"]);
+    (cfg.limits.handshakes_per_ip_per_sec, cfg.limits.handshakes_per_ip_burst) = (1, 3);
+    let node = TestNode::start(cfg).await?;
+    let http = reqwest::Client::new();
+    let open = |xff: &'static str| {
+        http.get(node.http("/socket.io/?EIO=4&transport=polling")).header("X-Forwarded-For", xff).timeout(WAIT).send()
+    };
+    // A native handshake and Engine.IO opens draw on the same bucket of the address.
+    assert_eq!(handshake(&http, &node, "203.0.113.1").await?.0, 401);
+    for _ in 0..2 {
+        assert_eq!(open("203.0.113.1").await?.status().as_u16(), 200);
+    }
+    let r = open("203.0.113.1").await?;
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(open("203.0.113.2").await?.status().as_u16(), 200);
+    node.stop().await
+}
