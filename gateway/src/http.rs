@@ -3,11 +3,17 @@
 //! the console (`GET /console`, see [`crate::console`]) and Socket.IO (`/socket.io/`,
 //! see [`crate::sio`]).
 //!
-//! A handshake is checked completely before the upgrade — draining, origin, encoding,
-//! node capacity, per-IP limit, credentials, cluster-wide admission — so a refusal is an
-//! HTTP status with a JSON `{"code","message"}` body, never a socket that opens and dies.
+//! A handshake is checked completely before the upgrade — per-IP handshake rate,
+//! draining, origin, encoding, node capacity, per-IP limit, credentials, cluster-wide
+//! admission — so a refusal is an HTTP status with a JSON `{"code","message"}` body,
+//! never a socket that opens and dies. "IP" is the client's address: the TCP peer, or
+//! behind a trusted proxy the address it forwarded ([`crate::client_ip`]).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
@@ -23,6 +29,7 @@ use futures_util::StreamExt;
 use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, EventName, PrincipalKind, iso8601, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::{
     bus::DisconnectCommand,
@@ -78,6 +85,20 @@ impl Drop for Claim {
     }
 }
 
+/// The client's address of a handshake (the TCP peer, or behind a trusted proxy the
+/// client it forwarded), charged one handshake of its rate: 429 with `Retry-After` when
+/// over it. The first check of every handshake, native or Socket.IO.
+pub(crate) fn client_address(node: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAddr, ApiError> {
+    let ip = node.proxies.client_ip(peer.ip(), headers);
+    if let Err(wait) = node.handshake_rate.check(ip) {
+        tracing::debug!(client = %ip, %peer, "handshake refused: rate per address");
+        let mut e = refuse(ErrorCode::RateLimited, "handshake_rate", "too many handshakes from this address");
+        e.0.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        return Err(e);
+    }
+    Ok(ip)
+}
+
 /// Takes a node-wide slot and one of `ip`'s, counted from the handshake (not from
 /// registration) so concurrent handshakes cannot overshoot the limits.
 pub(crate) fn claim(node: &Arc<Node>, ip: std::net::IpAddr) -> Result<Claim, ApiError> {
@@ -85,6 +106,7 @@ pub(crate) fn claim(node: &Arc<Node>, ip: std::net::IpAddr) -> Result<Claim, Api
         return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
     }
     if !node.claim_ip(ip) {
+        tracing::debug!(client = %ip, "handshake refused: connections per address");
         node.release_slot();
         return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
     }
@@ -148,6 +170,8 @@ async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // First, before any other work: a flood from one address costs only this.
+    let ip = client_address(&node, peer, &headers)?;
     // Malformed requests get the same JSON error shape as every other refusal.
     let Query(q) = query.map_err(|e| refuse(ErrorCode::BadRequest, "bad_request", e.body_text()))?;
     let ws = ws.map_err(|e| refuse(ErrorCode::BadRequest, "not_websocket", e.body_text()))?;
@@ -182,7 +206,7 @@ async fn upgrade(
             format!("?subscribe= may name at most {max} channels"),
         ));
     }
-    let claim = claim(&node, peer.ip())?;
+    let claim = claim(&node, ip)?;
     let connection_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
     let authenticated = match credential {
         None => None,
@@ -191,6 +215,7 @@ async fn upgrade(
                 metrics::counter!(telemetry::AUTH_FAILURES, "reason" => reason_label(&e), "carrier" => carrier)
                     .increment(1);
                 metrics::counter!(telemetry::REFUSALS, "reason" => "auth").increment(1);
+                tracing::debug!(client = %ip, %peer, carrier, error = %e, "handshake refused: credentials");
                 ApiError::from(&e)
             })?;
             let admission = Admission::take(&node, connection_id.clone(), &identity.principal).await.map_err(|e| {
@@ -213,12 +238,17 @@ async fn upgrade(
     let socket = socket.map(|Extension(s)| s);
     let start = Start { connection_id, encoding, authenticated, subscribe, socket };
     let tasks = node.tasks.clone();
+    // Every log line of the connection names its client address and id.
+    let span = tracing::info_span!("ws", client = %ip, conn = %start.connection_id);
     Ok(ws.on_upgrade(move |socket| {
         let (sink, stream) = socket.split();
-        tasks.track_future(async move {
-            let _claim = claim;
-            driver::serve(sink, stream, node, start).await;
-        })
+        tasks.track_future(
+            async move {
+                let _claim = claim;
+                driver::serve(sink, stream, node, start).await;
+            }
+            .instrument(span),
+        )
     }))
 }
 
@@ -231,6 +261,7 @@ fn reason_label(e: &crate::auth::AuthError) -> &'static str {
         A::Revoked => "revoked",
         A::Unavailable => "unavailable",
         A::NotConfigured(_) => "not_configured",
+        A::KeysUnavailable => "keys_unavailable",
     }
 }
 
@@ -246,6 +277,11 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
         _ => json!({ "status": "unknown" }),
     };
     let status = if bus.is_up() && presence.is_up() { "ok" } else { "degraded" };
+    // With `auth.jwks_url`: whether the key set was ever fetched, and how old it is.
+    let jwks = node.auth.jwks().map(|j| match j.status() {
+        Some((keys, age_secs)) => json!({ "status": "ok", "keys": keys, "ageSecs": age_secs }),
+        None => json!({ "status": "never_fetched" }),
+    });
     let (sio_ws, sio_polling) = node.socketio.counts();
     Json(json!({
         "status": status,
@@ -264,6 +300,7 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
         "nats": bus,
         "redis": presence,
         "cluster": cluster,
+        "jwks": jwks,
     }))
     .into_response()
 }

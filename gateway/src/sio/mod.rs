@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     error::ApiError,
-    http::{claim, credential, refuse},
+    http::{claim, client_address, credential, refuse},
     node::Node,
     telemetry,
 };
@@ -227,8 +227,8 @@ async fn serve(
     cors(&node, &headers, resp)
 }
 
-/// A new Engine.IO connection: checked as a native handshake is (drain, origin, node
-/// and per-IP capacity), then its engine starts.
+/// A new Engine.IO connection: checked as a native handshake is (handshake rate and
+/// capacity per client address, drain, origin, node capacity), then its engine starts.
 async fn handshake(
     node: Arc<Node>,
     peer: SocketAddr,
@@ -241,6 +241,11 @@ async fn handshake(
     if method != Method::GET {
         return eio_error(2, "Bad handshake method");
     }
+    // The client's address behind trusted proxies, and its handshake rate, first.
+    let ip = match client_address(&node, peer, headers) {
+        Ok(ip) => ip,
+        Err(e) => return e.into_response(),
+    };
     if node.shutdown.is_draining() {
         return refuse(ErrorCode::Unavailable, "draining", "node is draining; reconnect").into_response();
     }
@@ -255,7 +260,7 @@ async fn handshake(
         (true, Err(e)) => return ApiError::new(ErrorCode::BadRequest, e.body_text()).into_response(),
         (false, _) => None,
     };
-    let claim = match claim(&node, peer.ip()) {
+    let claim = match claim(&node, ip) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };

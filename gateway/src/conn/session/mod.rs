@@ -344,7 +344,7 @@ impl Session {
     }
 
     async fn refresh(&mut self, id: Option<String>, token: &str) {
-        let outcome = self.node.auth.verify_jwt(token).map_err(|e| ErrorBody::from(&e)).and_then(|fresh| {
+        let outcome = self.node.auth.verify_jwt(token).await.map_err(|e| ErrorBody::from(&e)).and_then(|fresh| {
             if fresh.principal != self.identity.principal {
                 return Err(ErrorBody::new(ErrorCode::Forbidden, "token is for another principal"));
             }
