@@ -282,6 +282,8 @@ export async function startNode({ id = uid("gw"), fabric, env = {}, toml } = {})
         ...(fabric ? { GATEWAY_NATS_URL: fabric.nats.url, GATEWAY_REDIS_URL: fabric.redis.url } : {}),
         GATEWAY_JWT_SECRET: SECRET,
         GATEWAY_ADMIN_KEY: ADMIN,
+        // Every test client comes from 127.0.0.1: no per-address handshake rate.
+        GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC: "0",
         GATEWAY_API_KEYS: Object.entries(AGENT_KEYS)
           .map(([a, k]) => `${a}:${k}`)
           .join(","),
@@ -368,6 +370,8 @@ export async function startLocalCluster(nodes, env = {}) {
         GATEWAY_BIN: BIN,
         GATEWAY_JWT_SECRET: SECRET,
         GATEWAY_ADMIN_KEY: ADMIN,
+        // Every test client comes from 127.0.0.1: no per-address handshake rate.
+        GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC: "0",
         GATEWAY_API_KEYS: Object.entries(AGENT_KEYS)
           .map(([a, k]) => `${a}:${k}`)
           .join(","),
