@@ -199,8 +199,10 @@ def validate_manifests(text):
 
 EXPECTED_TOML = {
     "listen": str, "log_format": str, "allowed_origins": list,
-    "auth": ["jwt_audience", "jwt_issuer", "auth_timeout_ms"],
-    "limits": ["max_connections", "per_agent", "per_user", "per_ip", "max_channels", "max_frame_bytes"],
+    "auth": ["jwt_audience", "jwt_issuer", "auth_timeout_ms", "jwks_url", "jwks_refresh_secs", "jwks_min_refetch_secs"],
+    "limits": ["max_connections", "per_agent", "per_user", "per_ip", "max_channels", "max_frame_bytes",
+               "handshakes_per_ip_per_sec", "handshakes_per_ip_burst"],
+    "http": ["trusted_proxies"],
     "heartbeat": ["interval_ms", "timeout_ms"],
     "drain": ["delay_ms", "period_ms", "deadline_ms"],
     "presence": ["lease_ms", "refresh_ms"],

@@ -235,6 +235,7 @@ impl Node {
                 .env("GATEWAY_ADMIN_KEY", &s.admin_key)
                 .env("GATEWAY_LIMITS__PER_IP", "1000000")
                 .env("GATEWAY_LIMITS__PENDING_PER_IP", "1000000")
+                .env("GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC", "0")
                 .env("GATEWAY_LIMITS__MAX_PENDING", "100000")
                 .env("GATEWAY_LIMITS__PER_USER", "1000")
                 .env("GATEWAY_LIMITS__MAX_CONNECTIONS", "100000")

@@ -141,6 +141,8 @@ async function startNode(id) {
     GATEWAY_REDIS_URL: redis.url,
     GATEWAY_JWT_SECRET: SECRET,
     GATEWAY_ADMIN_KEY: ADMIN,
+    // Every test client comes from 127.0.0.1: no per-address handshake rate.
+    GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC: "0",
     GATEWAY_API_KEYS: `a1:${AGENT_KEY}`,
     RUST_LOG: process.env.RUST_LOG ?? "warn",
   });

@@ -46,6 +46,8 @@ function start(nodeId) {
     GATEWAY_NODE_ID: nodeId,
     GATEWAY_JWT_SECRET: SECRET,
     GATEWAY_ADMIN_KEY: ADMIN,
+    // Every test client comes from 127.0.0.1: no per-address handshake rate.
+    GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC: "0",
     // Session channels without channel tokens, so the page can publish on one.
     GATEWAY_CHANNELS__SESSION_POLICY: "authenticated",
     GATEWAY_DRAIN__DELAY_MS: "0",

@@ -66,6 +66,8 @@ async function startGateway() {
       GATEWAY_NODE_ID: "ts-1",
       GATEWAY_JWT_SECRET: SECRET,
       GATEWAY_ADMIN_KEY: ADMIN,
+      // Every test client comes from 127.0.0.1: no per-address handshake rate.
+      GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC: "0",
       GATEWAY_API_KEYS: `a1:${AGENT_KEY}`,
       GATEWAY_DRAIN__DELAY_MS: "0",
       GATEWAY_DRAIN__PERIOD_MS: "200",

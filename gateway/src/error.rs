@@ -10,8 +10,13 @@ use axum::{
 use gateway_protocol::{CloseCode, ErrorBody, ErrorCode};
 
 use crate::{
-    auth::AuthError, backend_http::BackendHttpError, bus::BusError, events::EventRefused, history::HistoryError,
-    presence::PresenceError, upstream::UpstreamError,
+    auth::{AuthError, jwks::JwksError},
+    backend_http::BackendHttpError,
+    bus::BusError,
+    events::EventRefused,
+    history::HistoryError,
+    presence::PresenceError,
+    upstream::UpstreamError,
 };
 
 /// The HTTP status for an error code (handshake refusals and the HTTP API).
@@ -67,12 +72,18 @@ impl From<&AuthError> for ErrorBody {
     fn from(e: &AuthError) -> Self {
         let code = match e {
             AuthError::Expired => ErrorCode::TokenExpired,
-            AuthError::Unavailable => ErrorCode::Unavailable,
+            AuthError::Unavailable | AuthError::KeysUnavailable => ErrorCode::Unavailable,
             AuthError::Missing | AuthError::Invalid(_) | AuthError::Revoked | AuthError::NotConfigured(_) => {
                 ErrorCode::Unauthorized
             }
         };
         ErrorBody::new(code, e.to_string())
+    }
+}
+
+impl From<&JwksError> for ErrorBody {
+    fn from(e: &JwksError) -> Self {
+        ErrorBody::new(ErrorCode::Unavailable, format!("identity provider keys: {e}"))
     }
 }
 
@@ -156,8 +167,14 @@ where
 }
 
 impl IntoResponse for ApiError {
+    /// A body with `retryAfterMs` also sets `Retry-After` (whole seconds, rounded up).
     fn into_response(self) -> Response {
-        (http_status(self.0.code), Json(self.0)).into_response()
+        let retry_after = self.0.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
+        let mut res = (http_status(self.0.code), Json(self.0)).into_response();
+        if let Some(secs) = retry_after {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        res
     }
 }
 
@@ -174,6 +191,18 @@ mod tests {
         let b: ErrorBody = (&AuthError::Invalid("x")).into();
         assert_eq!(close_code(b.code), CloseCode::Unauthorized);
         assert_eq!(http_status(ErrorCode::LimitExceeded), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn retry_after_header_rounds_up_to_seconds() {
+        let mut body = ErrorBody::new(ErrorCode::RateLimited, "slow down");
+        body.retry_after_ms = Some(1_001);
+        let res = ApiError(body).into_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[axum::http::header::RETRY_AFTER], "2");
+        let res = ApiError::new(ErrorCode::Unavailable, "x").into_response();
+        assert!(!res.headers().contains_key(axum::http::header::RETRY_AFTER));
+        assert_eq!(ErrorBody::from(&AuthError::KeysUnavailable).code, ErrorCode::Unavailable);
     }
 
     #[test]

@@ -1,12 +1,19 @@
 //! The HTTP surface: the WebSocket handshake (`GET /ws` and any other `ws_paths`), health
-//! and readiness, metrics, the admin API (`POST /api/publish`, `POST /api/disconnect`)
-//! and the console (`GET /console`, see [`crate::console`]).
+//! and readiness, metrics, the admin API (`POST /api/publish`, `POST /api/disconnect`),
+//! the console (`GET /console`, see [`crate::console`]) and Socket.IO (`/socket.io/`,
+//! see [`crate::sio`]).
 //!
-//! A handshake is checked completely before the upgrade — draining, origin, encoding,
-//! node capacity, per-IP limit, credentials, cluster-wide admission — so a refusal is an
-//! HTTP status with a JSON `{"code","message"}` body, never a socket that opens and dies.
+//! A handshake is checked completely before the upgrade — per-IP handshake rate,
+//! draining, origin, encoding, node capacity, per-IP limit, credentials, cluster-wide
+//! admission — so a refusal is an HTTP status with a JSON `{"code","message"}` body,
+//! never a socket that opens and dies. "IP" is the client's address: the TCP peer, or
+//! behind a trusted proxy the address it forwarded ([`crate::client_ip`]).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
@@ -22,6 +29,7 @@ use futures_util::StreamExt;
 use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, EventName, PrincipalKind, iso8601, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::{
     bus::DisconnectCommand,
@@ -53,17 +61,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/publish", post(publish))
         .route("/api/disconnect", post(disconnect))
         .merge(crate::console::routes())
+        .merge(crate::sio::routes(&node))
         .with_state(node)
 }
 
-fn refuse(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+/// A handshake refusal, counted by reason.
+pub(crate) fn refuse(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> ApiError {
     metrics::counter!(telemetry::REFUSALS, "reason" => reason).increment(1);
     ApiError::new(code, message)
 }
 
 /// A socket's place in the node-wide and per-IP counts, released when the connection
 /// (or a handshake refused after claiming) ends.
-struct Claim {
+pub(crate) struct Claim {
     node: Arc<Node>,
     ip: std::net::IpAddr,
 }
@@ -75,8 +85,36 @@ impl Drop for Claim {
     }
 }
 
+/// The client's address of a handshake (the TCP peer, or behind a trusted proxy the
+/// client it forwarded), charged one handshake of its rate: 429 with `Retry-After` when
+/// over it. The first check of every handshake, native or Socket.IO.
+pub(crate) fn client_address(node: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<IpAddr, ApiError> {
+    let ip = node.proxies.client_ip(peer.ip(), headers);
+    if let Err(wait) = node.handshake_rate.check(ip) {
+        tracing::debug!(client = %ip, %peer, "handshake refused: rate per address");
+        let mut e = refuse(ErrorCode::RateLimited, "handshake_rate", "too many handshakes from this address");
+        e.0.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        return Err(e);
+    }
+    Ok(ip)
+}
+
+/// Takes a node-wide slot and one of `ip`'s, counted from the handshake (not from
+/// registration) so concurrent handshakes cannot overshoot the limits.
+pub(crate) fn claim(node: &Arc<Node>, ip: std::net::IpAddr) -> Result<Claim, ApiError> {
+    if !node.claim_slot() {
+        return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
+    }
+    if !node.claim_ip(ip) {
+        tracing::debug!(client = %ip, "handshake refused: connections per address");
+        node.release_slot();
+        return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
+    }
+    Ok(Claim { node: node.clone(), ip })
+}
+
 /// Picks the credential: `Authorization: Bearer`, `?token=`, `X-API-Key`, `?apiKey=` (first wins).
-fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(String, &'static str)> {
+pub(crate) fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(String, &'static str)> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         let bearer = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
@@ -132,6 +170,8 @@ async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // First, before any other work: a flood from one address costs only this.
+    let ip = client_address(&node, peer, &headers)?;
     // Malformed requests get the same JSON error shape as every other refusal.
     let Query(q) = query.map_err(|e| refuse(ErrorCode::BadRequest, "bad_request", e.body_text()))?;
     let ws = ws.map_err(|e| refuse(ErrorCode::BadRequest, "not_websocket", e.body_text()))?;
@@ -166,17 +206,7 @@ async fn upgrade(
             format!("?subscribe= may name at most {max} channels"),
         ));
     }
-    // Counted from here, not from registration, so concurrent handshakes and sockets
-    // still authenticating cannot overshoot the limit.
-    if !node.claim_slot() {
-        return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
-    }
-    let ip = peer.ip();
-    if !node.claim_ip(ip) {
-        node.release_slot();
-        return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
-    }
-    let claim = Claim { node: node.clone(), ip };
+    let claim = claim(&node, ip)?;
     let connection_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
     let authenticated = match credential {
         None => None,
@@ -185,6 +215,7 @@ async fn upgrade(
                 metrics::counter!(telemetry::AUTH_FAILURES, "reason" => reason_label(&e), "carrier" => carrier)
                     .increment(1);
                 metrics::counter!(telemetry::REFUSALS, "reason" => "auth").increment(1);
+                tracing::debug!(client = %ip, %peer, carrier, error = %e, "handshake refused: credentials");
                 ApiError::from(&e)
             })?;
             let admission = Admission::take(&node, connection_id.clone(), &identity.principal).await.map_err(|e| {
@@ -207,12 +238,17 @@ async fn upgrade(
     let socket = socket.map(|Extension(s)| s);
     let start = Start { connection_id, encoding, authenticated, subscribe, socket };
     let tasks = node.tasks.clone();
+    // Every log line of the connection names its client address and id.
+    let span = tracing::info_span!("ws", client = %ip, conn = %start.connection_id);
     Ok(ws.on_upgrade(move |socket| {
         let (sink, stream) = socket.split();
-        tasks.track_future(async move {
-            let _claim = claim;
-            driver::serve(sink, stream, node, start).await;
-        })
+        tasks.track_future(
+            async move {
+                let _claim = claim;
+                driver::serve(sink, stream, node, start).await;
+            }
+            .instrument(span),
+        )
     }))
 }
 
@@ -225,6 +261,7 @@ fn reason_label(e: &crate::auth::AuthError) -> &'static str {
         A::Revoked => "revoked",
         A::Unavailable => "unavailable",
         A::NotConfigured(_) => "not_configured",
+        A::KeysUnavailable => "keys_unavailable",
     }
 }
 
@@ -240,6 +277,12 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
         _ => json!({ "status": "unknown" }),
     };
     let status = if bus.is_up() && presence.is_up() { "ok" } else { "degraded" };
+    // With `auth.jwks_url`: whether the key set was ever fetched, and how old it is.
+    let jwks = node.auth.jwks().map(|j| match j.status() {
+        Some((keys, age_secs)) => json!({ "status": "ok", "keys": keys, "ageSecs": age_secs }),
+        None => json!({ "status": "never_fetched" }),
+    });
+    let (sio_ws, sio_polling) = node.socketio.counts();
     Json(json!({
         "status": status,
         "timestamp": iso8601(now_ms()),
@@ -253,9 +296,11 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
             "subscriptions": s.subscriptions,
             "trackedIps": node.tracked_ips(),
         },
+        "socketio": { "websocket": sio_ws, "polling": sio_polling },
         "nats": bus,
         "redis": presence,
         "cluster": cluster,
+        "jwks": jwks,
     }))
     .into_response()
 }

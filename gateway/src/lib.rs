@@ -7,8 +7,8 @@
 //!
 //! Rooms: [`config`], [`auth`], [`access`], [`http`], [`console`], [`conn`], [`hub`], [`bus`],
 //! [`upstream`], [`backend_http`], [`presence`], [`lifecycle`], [`membership`], [`history`],
-//! [`events`], [`keys`], [`node`], [`listener`], [`server`], [`shutdown`], [`telemetry`],
-//! [`error`].
+//! [`events`], [`keys`], [`node`], [`listener`], [`client_ip`], [`handshake_rate`], [`server`],
+//! [`shutdown`], [`telemetry`], [`error`].
 
 pub mod access;
 pub mod auth;
@@ -16,11 +16,13 @@ pub mod backend_http;
 pub mod bus;
 pub mod cache;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod conn;
 pub mod console;
 pub mod error;
 pub mod events;
+pub mod handshake_rate;
 pub mod history;
 pub mod http;
 pub mod hub;
@@ -32,6 +34,7 @@ pub mod node;
 pub mod presence;
 pub mod server;
 pub mod shutdown;
+pub mod sio;
 pub mod telemetry;
 pub mod upstream;
 

@@ -2,7 +2,8 @@
 //! upgrades) in place of `axum::serve`, so the node controls what that loop does not:
 //!
 //! - **Pending caps.** Accepted sockets that have not upgraded count against
-//!   `limits.max_pending` (node) and `limits.pending_per_ip`; over either the socket
+//!   `limits.max_pending` (node) and `limits.pending_per_ip` (not for peers in
+//!   `http.trusted_proxies`, see [`crate::client_ip`]); over either the socket
 //!   gets a minimal 503 / 429, written without blocking the loop, and is closed. The
 //!   claim goes when the HTTP connection ends or upgrades (a WebSocket then counts under
 //!   `max_connections` and `per_ip`).
@@ -87,7 +88,8 @@ pub async fn serve(listener: TcpListener, app: Router, node: Arc<Node>) {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::trace!(error = %e, "TCP_NODELAY not set");
         }
-        match pending.claim(peer.ip(), &node.cfg.limits) {
+        let per_ip = !node.proxies.trusts(peer.ip());
+        match pending.claim(peer.ip(), per_ip, &node.cfg.limits) {
             Ok(claim) => {
                 let conn = connection(tcp, peer, app.clone(), node.clone(), http.clone(), claim);
                 node.tasks.spawn(conn);
@@ -176,11 +178,16 @@ enum Over {
 }
 
 impl Pending {
-    /// Counts a socket from `ip`, or says which cap it is over.
-    fn claim(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<PendingClaim, Over> {
+    /// Counts a socket from `ip` (per address too when `per_ip`), or says which cap it
+    /// is over.
+    fn claim(self: &Arc<Self>, ip: IpAddr, per_ip: bool, limits: &Limits) -> Result<PendingClaim, Over> {
         if self.total.fetch_add(1, Relaxed) >= limits.max_pending {
             self.total.fetch_sub(1, Relaxed);
             return Err(Over::Node);
+        }
+        if !per_ip {
+            metrics::gauge!(telemetry::HTTP_CONNECTIONS).increment(1.0);
+            return Ok(PendingClaim { pending: self.clone(), ip: None });
         }
         let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
         let n = per_ip.entry(ip).or_insert(0);
@@ -191,7 +198,7 @@ impl Pending {
         }
         *n += 1;
         metrics::gauge!(telemetry::HTTP_CONNECTIONS).increment(1.0);
-        Ok(PendingClaim { pending: self.clone(), ip })
+        Ok(PendingClaim { pending: self.clone(), ip: Some(ip) })
     }
 }
 
@@ -199,20 +206,21 @@ impl Pending {
 struct PendingClaim {
     /// The counts it is in.
     pending: Arc<Pending>,
-    /// Its client address.
-    ip: IpAddr,
+    /// Its address, when counted per address (not a trusted proxy).
+    ip: Option<IpAddr>,
 }
 
 impl Drop for PendingClaim {
     fn drop(&mut self) {
-        let mut per_ip = self.pending.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                per_ip.remove(&self.ip);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.pending.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
             }
         }
-        drop(per_ip);
         self.pending.total.fetch_sub(1, Relaxed);
         metrics::gauge!(telemetry::HTTP_CONNECTIONS).decrement(1.0);
     }

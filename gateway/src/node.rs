@@ -18,9 +18,11 @@ use crate::{
     access::Access,
     auth::Authenticator,
     bus::{Bus, DisconnectCommand, Inbound},
+    client_ip::TrustedProxies,
     config::{Config, ms},
     conn::handle::Close,
     events::EventPolicy,
+    handshake_rate::HandshakeRate,
     history::{History, Keeping},
     hub::Hub,
     lifecycle::Lifecycle,
@@ -60,6 +62,12 @@ pub struct Node {
     pub shutdown: Shutdown,
     /// Every task the node spawns, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Which peers may name the client in `X-Forwarded-For` (`http.trusted_proxies`).
+    pub proxies: TrustedProxies,
+    /// Handshakes per second per client address.
+    pub handshake_rate: Arc<HandshakeRate>,
+    /// Socket.IO's Engine.IO connections (found by session id, counted by transport).
+    pub socketio: crate::sio::Engines,
     /// Source of node-local connection numbers.
     next_conn: AtomicU64,
     /// Open connections per client IP (the per-IP limit).
@@ -96,7 +104,12 @@ impl Node {
             tasks.clone(),
         ));
         let lifecycle = Lifecycle::new(bus.clone(), cfg.lifecycle.status_channel());
+        // Validated at load: nothing is dropped here.
+        let proxies = TrustedProxies::new(cfg.http.trusted_nets().unwrap_or_default());
+        let handshake_rate = Arc::new(HandshakeRate::new(&cfg.limits));
         Node {
+            proxies,
+            handshake_rate,
             lifecycle,
             cfg,
             hub,
@@ -111,6 +124,7 @@ impl Node {
             membership,
             shutdown,
             tasks,
+            socketio: crate::sio::Engines::default(),
             next_conn: AtomicU64::new(1),
             per_ip: DashMap::new(),
             slots: AtomicUsize::new(0),

@@ -54,6 +54,7 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
     let hub = Arc::new(Hub::default());
     if !cfg.clustered() {
         let auth = Arc::new(Authenticator::new(&cfg, None).map_err(ServerError::Auth)?);
+        start_key_refresh(&auth, tasks, shutdown).await;
         let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound { hub: hub.clone(), auth: auth.clone() });
         let history = Arc::new(MemoryHistory::new(Keeping::new(&cfg.history)));
         tasks.spawn(maintain_history(history.clone(), shutdown.stop_token()));
@@ -83,6 +84,7 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
     // One Redis connection serves presence, counts and API keys.
     let keys: Arc<dyn KeyStore> = Arc::new(RedisKeyStore::new(redis.client().clone(), cfg.redis_prefix.clone()));
     let auth = Arc::new(Authenticator::new(&cfg, Some(keys)).map_err(ServerError::Auth)?);
+    start_key_refresh(&auth, tasks, shutdown).await;
     let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound { hub: hub.clone(), auth: auth.clone() });
     let presence: Arc<dyn Presence> = redis;
     let nats = NatsBus::connect(&cfg, inbound, tasks, shutdown.stop_token()).await?;
@@ -95,6 +97,15 @@ pub async fn build(cfg: Arc<Config>, tasks: &TaskTracker, shutdown: &Shutdown) -
     let bus: Arc<dyn Bus> = Arc::new(nats);
     let upstream = upstream::build(&cfg, bus.clone())?;
     Ok(Arc::new(Node::new(cfg, hub, bus, upstream, presence, history, auth, shutdown.clone(), tasks.clone())))
+}
+
+/// With `auth.jwks_url`: fetches the key set once (bounded; a failure is logged and the
+/// node starts anyway), then keeps it fresh on the node's tasks until stopped.
+async fn start_key_refresh(auth: &Authenticator, tasks: &TaskTracker, shutdown: &Shutdown) {
+    if let Some(jwks) = auth.jwks() {
+        let primed = jwks.prime().await;
+        tasks.spawn(jwks.clone().refresh_loop(primed, shutdown.stop_token()));
+    }
 }
 
 /// History upkeep every few seconds (expiry, epoch checks), until stopped.
@@ -118,6 +129,7 @@ pub async fn run(
     let node = build(cfg.clone(), &tasks, &shutdown).await?;
     tasks.spawn(node.clone().maintain_presence());
     tasks.spawn(telemetry::upkeep(shutdown.stop_token()));
+    tasks.spawn(node.handshake_rate.clone().prune_loop(shutdown.stop_token()));
     let app = http::router(node.clone()).fallback(http::not_found);
     let server = tokio::spawn(crate::listener::serve(listener, app, node.clone()));
     tracing::info!(node = node.id(), clustered = cfg.clustered(), "gateway running");

@@ -87,6 +87,15 @@ pub const GAP_FILLS: &str = "gateway_history_gap_fills_total";
 /// reserved|too_deep|too_large).
 pub const EVENTS_REFUSED: &str = "gateway_events_refused_total";
 
+/// Counter: fetches of the identity provider's key set (labels `result`: ok|error;
+/// `trigger`: refresh|unknown_kid).
+pub const JWKS_FETCHES: &str = "gateway_jwks_fetches_total";
+/// Gauge: usable keys in the last good key set.
+pub const JWKS_KEYS: &str = "gateway_jwks_keys";
+
+/// Counter: handshakes admitted unmetered because the per-address rate table was full.
+pub const HANDSHAKE_RATE_UNTRACKED: &str = "gateway_handshake_rate_untracked_total";
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus recorder, installed on first use. Several nodes in one

@@ -69,6 +69,8 @@ export async function startGateway(seed, env = {}) {
       GATEWAY_NODE_ID: `${seed}-test`,
       GATEWAY_JWT_SECRET: SECRET,
       GATEWAY_ADMIN_KEY: ADMIN,
+      // Every test client comes from 127.0.0.1: no per-address handshake rate.
+      GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC: "0",
       GATEWAY_DRAIN__DELAY_MS: "0",
       GATEWAY_DRAIN__PERIOD_MS: "200",
       RUST_LOG: process.env.RUST_LOG ?? "warn",

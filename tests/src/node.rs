@@ -39,6 +39,8 @@ pub fn test_config() -> Config {
     cfg.limits.per_ip = 100_000;
     // Every test client comes from 127.0.0.1; the pending caps have their own tests.
     cfg.limits.pending_per_ip = 100_000;
+    // Likewise the handshake rate per address (tests/it/proxies.rs tests it).
+    cfg.limits.handshakes_per_ip_per_sec = 0;
     cfg
 }
 
@@ -221,6 +223,7 @@ impl ProcessNode {
             .env("GATEWAY_API_KEYS", AGENT_KEYS.iter().map(|(a, k)| format!("{a}:{k}")).collect::<Vec<_>>().join(","))
             .env("GATEWAY_LIMITS__PER_IP", "100000")
             .env("GATEWAY_LIMITS__PENDING_PER_IP", "100000")
+            .env("GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

@@ -133,29 +133,10 @@ pub struct Config {
     pub ws_default_format: BTreeMap<String, String>,
     /// Agent status and backend hooks.
     pub lifecycle: LifecycleConfig,
+    /// Socket.IO clients on `/socket.io/` (contract §11).
+    pub socketio: SocketIoConfig,
     /// A backend reached over HTTP for requests and upstream sends (no NATS needed).
     pub backend_http: BackendHttpConfig,
-}
-
-/// Credential checks.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Required `aud` of user JWTs; empty skips the check.
-    #[serde(deserialize_with = "lossy_string")]
-    pub jwt_audience: String,
-    /// Required `iss` of user JWTs; empty skips the check.
-    #[serde(deserialize_with = "lossy_string")]
-    pub jwt_issuer: String,
-    /// How long an unauthenticated socket may wait before `authenticate`.
-    pub auth_timeout_ms: u64,
-    /// Clock skew tolerated on `exp`/`nbf`.
-    pub leeway_secs: u64,
-    /// How long a Redis API-key lookup is cached.
-    pub key_cache_ms: u64,
-    /// Refuse a handshake without credentials (401) instead of waiting for an in-band
-    /// `authenticate`.
-    pub require_credentials: bool,
 }
 
 /// Size and count limits.
@@ -194,23 +175,16 @@ pub struct Limits {
     /// `/api/publish` and new WebSockets need.
     pub max_pending: usize,
     /// HTTP connections (accepted, not upgraded) per client IP before answering 429,
-    /// so one address cannot take all of `max_pending`. Behind a proxy every client
-    /// shares the proxy's address: raise it there, as `per_ip`.
+    /// so one address cannot take all of `max_pending`. Peers in `http.trusted_proxies`
+    /// are exempt (they carry many clients, whose idle sockets they hold themselves);
+    /// behind an untrusted proxy every client shares its address: raise it there.
     pub pending_per_ip: u32,
-}
-
-/// Timeouts of HTTP connections before they upgrade (slowloris and idle sockets).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// A request head must be complete this long after the connection was accepted, or
-    /// after its first byte on a keep-alive connection; else the connection is closed.
-    pub header_timeout_ms: u64,
-    /// A keep-alive connection with no request in progress is closed after this long.
-    /// Longer than load balancers keep idle upstream connections (nginx and AWS ALB:
-    /// 60 s), so the gateway is not the side that closes a connection the balancer is
-    /// about to reuse.
-    pub idle_timeout_ms: u64,
+    /// WebSocket handshakes per second per client address (IPv6: per /64), on top of
+    /// the concurrent `per_ip` cap: a reconnect loop or a flood gets 429 with
+    /// `Retry-After` before any credential is checked. 0 turns the rate off.
+    pub handshakes_per_ip_per_sec: u32,
+    /// Handshakes one client address may make at once before the rate applies.
+    pub handshakes_per_ip_burst: u32,
 }
 
 /// Liveness of idle connections.
@@ -320,20 +294,8 @@ impl Default for Config {
             ws_paths: ws_paths::default_ws_paths(),
             ws_default_format: BTreeMap::new(),
             lifecycle: LifecycleConfig::default(),
+            socketio: SocketIoConfig::default(),
             backend_http: BackendHttpConfig::default(),
-        }
-    }
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            jwt_audience: String::new(),
-            jwt_issuer: String::new(),
-            auth_timeout_ms: 5_000,
-            leeway_secs: 0,
-            key_cache_ms: 5_000,
-            require_credentials: false,
         }
     }
 }
@@ -355,13 +317,9 @@ impl Default for Limits {
             max_inflight_requests: 16,
             max_pending: 1024,
             pending_per_ip: 64,
+            handshakes_per_ip_per_sec: 50,
+            handshakes_per_ip_burst: 100,
         }
-    }
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig { header_timeout_ms: 10_000, idle_timeout_ms: 75_000 }
     }
 }
 
@@ -483,18 +441,24 @@ fn default_node_id() -> String {
     format!("node-{}", &uuid[..8])
 }
 
+mod auth;
 pub mod compat;
 mod de;
 mod ha;
 mod history;
+mod http;
 mod lifecycle;
+mod socketio;
 #[cfg(test)]
 mod tests;
 mod validate;
 pub mod ws_paths;
 
+pub use auth::AuthConfig;
 pub use compat::{AutoJoin, BackendHttpConfig};
 use de::{lossy_string, string_or_list};
 pub use ha::RedisSentinelConfig;
 pub use history::{HistoryConfig, NsHistory};
+pub use http::HttpConfig;
 pub use lifecycle::LifecycleConfig;
+pub use socketio::SocketIoConfig;

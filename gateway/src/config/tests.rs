@@ -72,10 +72,14 @@ fn env_overrides_file() {
         jail.set_env("GATEWAY_JWT_SECRET", "12345");
         jail.set_env("GATEWAY_SERVICE_HOST", "10.0.0.1");
         jail.set_env("GATEWAY_CONFIG", "gateway.toml");
+        jail.set_env("GATEWAY_HTTP__TRUSTED_PROXIES", "10.0.0.0/8,fd00::/8, 192.168.1.1");
+        jail.set_env("GATEWAY_AUTH__JWKS_URL", "https://id.example/.well-known/jwks.json");
         let c = Config::load(Some(std::path::Path::new("gateway.toml"))).map_err(|e| e.to_string())?;
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.limits.per_agent, 7);
         assert_eq!(c.jwt_secret, "12345");
+        assert_eq!(c.http.trusted_nets().map(|n| n.len()), Ok(3));
+        assert_eq!(c.auth.jwks_url, "https://id.example/.well-known/jwks.json");
         Ok(())
     });
 }
@@ -112,4 +116,46 @@ fn seed_compatibility_keys() {
         let e = with(&[(key, value)]).unwrap_err().to_string();
         assert!(e.contains(named), "{value}: {e}");
     }
+}
+
+#[test]
+fn jwks_proxies_and_handshake_rate() {
+    let c = with(&[]).unwrap();
+    assert_eq!((c.auth.jwks_url.as_str(), c.auth.jwks_refresh_secs, c.auth.jwks_min_refetch_secs), ("", 300, 5));
+    assert!(c.http.trusted_proxies.is_empty());
+    assert_eq!((c.limits.handshakes_per_ip_per_sec, c.limits.handshakes_per_ip_burst), (50, 100));
+    let c = with(&[
+        ("auth", r#"{ jwks_url = "https://id.example/.well-known/jwks.json", jwks_refresh_secs = 60 }"#),
+        ("http", r#"{ trusted_proxies = "10.0.0.0/8, 192.168.1.1, fd00::/8" }"#),
+    ])
+    .unwrap();
+    assert_eq!(c.http.trusted_nets().unwrap().len(), 3);
+    let bad = [
+        ("auth", r#"{ jwks_url = "ftp://id.example/jwks" }"#, "auth.jwks_url"),
+        ("auth", r#"{ jwks_url = "not a url" }"#, "auth.jwks_url"),
+        ("auth", r#"{ jwks_url = "http://id", jwks_min_refetch_secs = 0 }"#, "auth.jwks_min_refetch_secs"),
+        (
+            "auth",
+            r#"{ jwks_url = "http://id", jwks_refresh_secs = 2, jwks_min_refetch_secs = 5 }"#,
+            "auth.jwks_refresh_secs",
+        ),
+        ("http", r#"{ trusted_proxies = ["10.0.0.0/33"] }"#, "http.trusted_proxies"),
+        ("http", r#"{ trusted_proxies = ["proxy.internal"] }"#, "http.trusted_proxies"),
+        (
+            "limits",
+            r#"{ handshakes_per_ip_per_sec = 5, handshakes_per_ip_burst = 0 }"#,
+            "limits.handshakes_per_ip_burst",
+        ),
+    ];
+    for (key, value, named) in bad {
+        let e = with(&[(key, value)]).unwrap_err().to_string();
+        assert!(e.contains(named), "{value}: {e}");
+    }
+    let both = Config {
+        jwt_public_key: Some(std::env::temp_dir()),
+        auth: AuthConfig { jwks_url: "http://id".into(), ..AuthConfig::default() },
+        ..Config::default()
+    };
+    let e = Config::from_figment(Figment::from(Serialized::defaults(both))).unwrap_err().to_string();
+    assert!(e.contains("auth.jwks_url"), "{e}");
 }

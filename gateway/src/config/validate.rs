@@ -54,6 +54,15 @@ impl Config {
         if self.limits.max_pending == 0 || self.limits.pending_per_ip == 0 {
             return invalid("limits.max_pending", "pending connection caps must be > 0");
         }
+        if let Err(reason) = self.http.trusted_nets() {
+            return invalid("http.trusted_proxies", &reason);
+        }
+        if self.limits.handshakes_per_ip_per_sec > 0 && self.limits.handshakes_per_ip_burst == 0 {
+            return invalid("limits.handshakes_per_ip_burst", "must be > 0 when limits.handshakes_per_ip_per_sec is");
+        }
+        if let Err((key, reason)) = self.auth.check_jwks(self.jwt_public_key.is_some()) {
+            return invalid(key, &reason);
+        }
         if self.heartbeat.interval_ms == 0 || self.heartbeat.timeout_ms == 0 {
             return invalid("heartbeat.interval_ms", "must be > 0");
         }
@@ -77,6 +86,9 @@ impl Config {
         }
         if let Err((key, reason)) = self.backend_http.check() {
             return invalid(key, &reason);
+        }
+        if let Err((key, reason)) = self.socketio.check() {
+            return invalid(key, reason);
         }
         if let Err(e) = self.lifecycle.parsed() {
             return invalid("lifecycle.agent_status_channel", &format!("must be a channel name or empty: {e}"));

@@ -313,6 +313,7 @@ async fn sigterm_drains_one_node_behind_nginx_and_its_clients_reconnect_elsewher
             // Every client comes from nginx's 127.0.0.1, and counts are cluster-wide.
             ("GATEWAY_LIMITS__PER_IP", "100000".into()),
             ("GATEWAY_LIMITS__PENDING_PER_IP", "100000".into()),
+            ("GATEWAY_LIMITS__HANDSHAKES_PER_IP_PER_SEC", "0".into()),
             ("GATEWAY_LIMITS__PER_USER", "100000".into()),
         ],
     )

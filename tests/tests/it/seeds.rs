@@ -32,6 +32,7 @@ fn seed_config(seed: &str) -> anyhow::Result<Config> {
     (cfg.listen, cfg.node_id, cfg.jwt_secret, cfg.admin_key, cfg.api_keys) =
         (t.listen, t.node_id, SECRET.into(), ADMIN_KEY.into(), t.api_keys);
     (cfg.drain, cfg.limits.per_ip, cfg.limits.pending_per_ip) = (t.drain, t.limits.per_ip, t.limits.pending_per_ip);
+    cfg.limits.handshakes_per_ip_per_sec = t.limits.handshakes_per_ip_per_sec;
     Ok(cfg)
 }
 

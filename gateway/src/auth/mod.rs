@@ -1,12 +1,13 @@
-//! Credentials → identity: user JWTs (HS256 secret or RS256/ES256 public key), agent API
-//! keys (static from configuration, or a [`KeyStore`] such as Redis), channel tokens for
-//! `session:` channels, and minting of tokens for the CLI and `--dev`.
+//! Credentials → identity: user JWTs (HS256 secret, an RS256/ES256 public key, or the
+//! keys of an identity provider's JWKS, see [`jwks`]), agent API keys (static from
+//! configuration, or a [`KeyStore`] such as Redis), channel tokens for `session:`
+//! channels, and minting of tokens for the CLI and `--dev` ([`mint`]).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use gateway_protocol::{Channel, Principal, PrincipalKind, now_ms};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use gateway_protocol::{Channel, Principal, PrincipalKind};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -33,6 +34,9 @@ pub enum AuthError {
     /// The server cannot check this kind of credential (no key configured).
     #[error("{0} not configured on this gateway")]
     NotConfigured(&'static str),
+    /// The identity provider's key set has not been fetched yet: retry shortly.
+    #[error("token signing keys not loaded yet (JWKS unreachable); retry shortly")]
+    KeysUnavailable,
 }
 
 /// Which project channels a principal may join.
@@ -103,33 +107,6 @@ pub fn hash_key(key: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// User JWT claims.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
-    /// User id.
-    pub sub: String,
-    /// Expiry, seconds since epoch.
-    pub exp: u64,
-    /// Not before, seconds since epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<u64>,
-    /// Issued at, seconds since epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
-    /// Project ids, or `["*"]`.
-    #[serde(default)]
-    pub projects: Vec<String>,
-    /// Roles; `admin` may subscribe anywhere.
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// Audience, when the issuer sets one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
-    /// Issuer, when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-}
-
 /// The user JWT claims the gateway reads once the token is verified.
 #[derive(Deserialize)]
 struct VerifiedClaims {
@@ -145,25 +122,18 @@ struct VerifiedClaims {
     channel: Option<serde::de::IgnoredAny>,
 }
 
-/// Channel token claims: permission to join one channel.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ChannelClaims {
-    /// The channel, e.g. `session:abc`.
-    pub channel: String,
-    /// Expiry, seconds since epoch.
-    pub exp: u64,
-    /// When set, only this user or agent id may use the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sub: Option<String>,
-    /// The kind of `sub`; absent means a user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<PrincipalKind>,
+/// What verifies user JWTs.
+enum UserKeys {
+    /// One key (the HS256 secret or a PEM public key) and its one algorithm.
+    Static(Box<(DecodingKey, Validation)>),
+    /// The keys of `auth.jwks_url`, by `kid`.
+    Jwks(Arc<Jwks>),
 }
 
 /// Checks credentials. Built once per node; cheap to share.
 pub struct Authenticator {
-    /// Verifies user JWTs (secret or public key).
-    user_key: Option<(DecodingKey, Validation)>,
+    /// Verifies user JWTs (secret, public key or JWKS).
+    user_key: Option<UserKeys>,
     /// Verifies channel tokens (always the HS256 gateway secret).
     channel_key: Option<(DecodingKey, Validation)>,
     /// Static agent keys: key hash → agent id.
@@ -211,21 +181,25 @@ impl Authenticator {
             (DecodingKey::from_secret(cfg.jwt_secret.as_bytes()), v)
         });
         let user_key = match &cfg.jwt_public_key {
+            None if !cfg.auth.jwks_url.is_empty() => {
+                Some(UserKeys::Jwks(Arc::new(Jwks::new(&cfg.auth, validation(Algorithm::RS256))?)))
+            }
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| format!("jwt_public_key: {e}"))?;
                 // Exactly one algorithm per key: a token naming another (HS256 signed with
                 // the public key, `none`) is refused — no algorithm confusion.
                 if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-                    Some((k, validation(Algorithm::RS256)))
+                    Some(UserKeys::Static(Box::new((k, validation(Algorithm::RS256)))))
                 } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-                    Some((k, validation(Algorithm::ES256)))
+                    Some(UserKeys::Static(Box::new((k, validation(Algorithm::ES256)))))
                 } else {
                     return Err("jwt_public_key: not an RSA or EC public key in PEM".into());
                 }
             }
-            None if !cfg.jwt_secret.is_empty() => {
-                Some((DecodingKey::from_secret(cfg.jwt_secret.as_bytes()), validation(Algorithm::HS256)))
-            }
+            None if !cfg.jwt_secret.is_empty() => Some(UserKeys::Static(Box::new((
+                DecodingKey::from_secret(cfg.jwt_secret.as_bytes()),
+                validation(Algorithm::HS256),
+            )))),
             None => None,
         };
         let static_keys = cfg
@@ -249,15 +223,37 @@ impl Authenticator {
         if credential.is_empty() {
             return Err(AuthError::Missing);
         }
-        if looks_like_jwt(credential) { self.verify_jwt(credential) } else { self.verify_api_key(credential).await }
+        if looks_like_jwt(credential) {
+            self.verify_jwt(credential).await
+        } else {
+            self.verify_api_key(credential).await
+        }
     }
 
-    /// Verifies a user JWT.
-    pub fn verify_jwt(&self, token: &str) -> Result<Identity, AuthError> {
-        let (key, validation) = self.user_key.as_ref().ok_or(AuthError::NotConfigured("JWT"))?;
+    /// The JWKS of `auth.jwks_url`, when user tokens are verified with one (to start
+    /// its refresh).
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        match &self.user_key {
+            Some(UserKeys::Jwks(j)) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// Verifies a user JWT: at the handshake, in-band `authenticate` and `refresh`.
+    pub async fn verify_jwt(&self, token: &str) -> Result<Identity, AuthError> {
         // `aud` and `iss` are checked by the validation, which also accepts an audience
         // list (RFC 7519 §4.1.3); they are not read into a struct that wants one string.
-        let data = jsonwebtoken::decode::<VerifiedClaims>(token, key, validation).map_err(jwt_error)?;
+        let data = match self.user_key.as_ref().ok_or(AuthError::NotConfigured("JWT"))? {
+            UserKeys::Static(key) => jsonwebtoken::decode::<VerifiedClaims>(token, &key.0, &key.1),
+            UserKeys::Jwks(jwks) => {
+                // The header is read unverified only to pick the key; the key's own
+                // algorithm is then the only one the signature may use.
+                let header = jsonwebtoken::decode_header(token).map_err(jwt_error)?;
+                let key = jwks.key_for(&header).await?;
+                jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, &key.validation)
+            }
+        }
+        .map_err(jwt_error)?;
         let c = data.claims;
         if c.channel.is_some() {
             return Err(AuthError::Invalid("a channel token is not a user token"));
@@ -363,135 +359,10 @@ fn jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
-/// What to put in a minted user token.
-#[derive(Debug, Clone, Default)]
-pub struct TokenSpec {
-    /// User id.
-    pub sub: String,
-    /// Project ids (or `*`).
-    pub projects: Vec<String>,
-    /// Roles.
-    pub roles: Vec<String>,
-    /// Lifetime.
-    pub ttl: Duration,
-    /// Audience, if the gateway checks one.
-    pub aud: Option<String>,
-    /// Issuer, if the gateway checks one.
-    pub iss: Option<String>,
-}
-
-/// Signs an HS256 user token (for `gateway token`, `--dev` and tests).
-pub fn mint_user_token(secret: &str, spec: &TokenSpec) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = now_ms() / 1000;
-    let claims = Claims {
-        sub: spec.sub.clone(),
-        exp: now + spec.ttl.as_secs(),
-        nbf: None,
-        iat: Some(now),
-        projects: spec.projects.clone(),
-        roles: spec.roles.clone(),
-        aud: spec.aud.clone(),
-        iss: spec.iss.clone(),
-    };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-}
-
-/// Signs an HS256 channel token granting `channel` (optionally to one principal id).
-pub fn mint_channel_token(
-    secret: &str,
-    channel: &str,
-    sub: Option<&str>,
-    ttl: Duration,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    let claims = ChannelClaims {
-        channel: channel.into(),
-        exp: now_ms() / 1000 + ttl.as_secs(),
-        sub: sub.map(String::from),
-        kind: None,
-    };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-}
-
+pub mod jwks;
+pub mod mint;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    fn auth() -> Authenticator {
-        let cfg = Config {
-            jwt_secret: "secret-secret-secret".into(),
-            api_keys: vec!["a1:key-aaaaaaaa".into()],
-            ..Config::default()
-        };
-        Authenticator::new(&cfg, None).unwrap()
-    }
-
-    fn spec(ttl: u64) -> TokenSpec {
-        TokenSpec { sub: "u1".into(), projects: vec!["p1".into()], ttl: Duration::from_secs(ttl), ..Default::default() }
-    }
-
-    #[tokio::test]
-    async fn jwt_and_key_carriers() {
-        let a = auth();
-        let t = mint_user_token("secret-secret-secret", &spec(60)).unwrap();
-        let id = a.authenticate(&t).await.unwrap();
-        assert_eq!(id.principal.id, "u1");
-        assert!(id.projects.contains("p1") && !id.projects.contains("p2"));
-        let id = a.authenticate("key-aaaaaaaa").await.unwrap();
-        assert_eq!(id.principal, Principal { kind: PrincipalKind::Agent, id: "a1".into() });
-        assert_eq!(a.authenticate("key-bbbbbbbb").await, Err(AuthError::Invalid("unknown API key")));
-        assert_eq!(a.authenticate("").await, Err(AuthError::Missing));
-    }
-
-    #[tokio::test]
-    async fn bad_tokens() {
-        let a = auth();
-        let wrong = mint_user_token("other-secret-other", &spec(60)).unwrap();
-        assert_eq!(a.authenticate(&wrong).await, Err(AuthError::Invalid("bad signature")));
-        let mut expired = spec(0);
-        expired.ttl = Duration::ZERO;
-        let claims = Claims {
-            sub: "u1".into(),
-            exp: now_ms() / 1000 - 10,
-            nbf: None,
-            iat: None,
-            projects: vec![],
-            roles: vec![],
-            aud: None,
-            iss: None,
-        };
-        let t = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"secret-secret-secret"))
-            .unwrap();
-        assert_eq!(a.authenticate(&t).await, Err(AuthError::Expired));
-        // alg: none
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let none = format!(
-            "{}.{}.sig",
-            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
-            b64.encode(format!(r#"{{"sub":"u1","exp":{}}}"#, now_ms() / 1000 + 60))
-        );
-        assert!(matches!(a.authenticate(&none).await, Err(AuthError::Invalid(_))));
-    }
-
-    #[tokio::test]
-    async fn a_channel_token_does_not_log_in() {
-        let a = auth();
-        let t = mint_channel_token("secret-secret-secret", "session:s1", Some("u1"), Duration::from_secs(60)).unwrap();
-        assert_eq!(a.authenticate(&t).await, Err(AuthError::Invalid("a channel token is not a user token")));
-    }
-
-    #[test]
-    fn channel_tokens() {
-        let a = auth();
-        let ch = Channel::parse("session:s1").unwrap();
-        let me = Principal { kind: PrincipalKind::User, id: "u1".into() };
-        let t = mint_channel_token("secret-secret-secret", "session:s1", Some("u1"), Duration::from_secs(60)).unwrap();
-        assert!(a.verify_channel_token(&t, &ch, &me).is_ok());
-        let other = Channel::parse("session:s2").unwrap();
-        assert!(a.verify_channel_token(&t, &other, &me).is_err());
-        let you = Principal { kind: PrincipalKind::User, id: "u2".into() };
-        assert!(a.verify_channel_token(&t, &ch, &you).is_err());
-        let agent_namesake = Principal { kind: PrincipalKind::Agent, id: "u1".into() };
-        assert!(a.verify_channel_token(&t, &ch, &agent_namesake).is_err());
-    }
-}
+pub use jwks::Jwks;
+pub use mint::{ChannelClaims, Claims, TokenSpec, mint_channel_token, mint_user_token};
