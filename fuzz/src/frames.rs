@@ -3,12 +3,14 @@
 //! Properties: decoding never panics; a frame on the wrong kind of WebSocket message is
 //! refused; a refusal is a `bad_request`; a decoded frame re-encodes (canonical JSON
 //! and MessagePack) and decodes back equal in both; its payload stays within the depth
-//! bound; a publish becomes an event that every encoding delivers intact and within
-//! [`max_encoded_len`]; a flat frame re-shaped as flat decodes back equal.
+//! bound; channel names and `history.get` parameters in it parse without panicking (the
+//! parameters round-trip); a publish becomes an event that every encoding delivers
+//! intact and within [`max_encoded_len`]; a flat frame re-shaped as flat decodes back
+//! equal.
 
 use gateway_protocol::{
-    Channel, ClientFrame, ClientTimestamp, Encoding, ErrorCode, EventFrame, ServerFrame, event::depth_within,
-    max_encoded_len,
+    Channel, ClientFrame, ClientTimestamp, Encoding, ErrorCode, EventFrame, HistoryQuery, ServerFrame,
+    event::depth_within, max_encoded_len,
 };
 use serde_json::{Map, Value, json};
 
@@ -35,10 +37,41 @@ pub fn check(encoding: Encoding, data: &[u8]) {
     assert_eq!(Encoding::Json.decode(&json, false).as_ref(), Ok(&frame), "JSON round trip: {}", show(&json));
     let packed = rmp_serde::to_vec_named(&frame).expect("a frame serialises as MessagePack");
     assert_eq!(Encoding::MsgPack.decode(&packed, true).as_ref(), Ok(&frame), "MessagePack round trip");
+    check_names(&frame);
     if let ClientFrame::Publish { channel, event, data, .. } = frame
         && let Ok(channel) = Channel::parse(&channel)
     {
         deliver(EventFrame { channel, event, data, id: "m1".into(), ts: 1, from: None, offset: None, epoch: None });
+    }
+}
+
+/// What the session decodes further from a frame: channel names (subscribe lists,
+/// recovery positions, a publish's channel) and `history.get` parameters, which the
+/// session reads with serde from the request's `params`.
+fn check_names(frame: &ClientFrame) {
+    match frame {
+        ClientFrame::Subscribe { channels, recover, .. } => {
+            for name in channels.iter().chain(recover.keys()) {
+                let _ = Channel::parse(name);
+            }
+        }
+        ClientFrame::Unsubscribe { channels, .. } => {
+            for name in channels {
+                let _ = Channel::parse(name);
+            }
+        }
+        ClientFrame::Request { params, .. } => {
+            if let Ok(q) = serde_json::from_value::<HistoryQuery>(params.clone()) {
+                let _ = Channel::parse(&q.channel);
+                let back = serde_json::to_value(&q).expect("a query serialises");
+                assert_eq!(
+                    serde_json::from_value::<HistoryQuery>(back).ok().as_ref(),
+                    Some(&q),
+                    "history query round trip"
+                );
+            }
+        }
+        _ => {}
     }
 }
 
