@@ -25,7 +25,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
   what="$1 s"
   shift
 fi
-all=(json msgpack flat channel event_name handshake jwt)
+all=(json msgpack flat channel event_name handshake jwt socketio)
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=("${all[@]}")
 

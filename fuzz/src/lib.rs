@@ -6,3 +6,4 @@ pub mod frames;
 pub mod handshake;
 pub mod jwt;
 pub mod names;
+pub mod socketio;

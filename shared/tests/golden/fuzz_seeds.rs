@@ -1,5 +1,6 @@
 //! The fuzz targets' seed corpus (`fuzz/seeds/<target>/`), generated from the golden
-//! frames above so the seeds follow the wire format. The test fails when the committed
+//! frames above so the seeds follow the wire format (Socket.IO's from the packets of
+//! the portal session in docs/protocol.md). The test fails when the committed
 //! seeds are stale; `UPDATE_FUZZ_SEEDS=1 cargo test -p gateway-protocol --test golden
 //! fuzz_seeds` rewrites them.
 
@@ -70,11 +71,44 @@ fn seeds() -> Seeds {
         add("handshake", format!("{i:02}-{}", e.as_str()), h.into_bytes());
     }
     add("handshake", "03-query".into(), b"\x00\n\n\ntoken=a%2Eb%2Ec&format=json".to_vec());
+    // Socket.IO (docs/protocol.md, Socket.IO): packets as one WebSocket frame each, one
+    // long-polling body, and event data for the validators (mode 1).
+    for (i, packet) in SOCKETIO.iter().enumerate() {
+        add("socketio", format!("{i:02}"), format!("\x00{packet}").into_bytes());
+    }
+    add("socketio", "polling".into(), format!("\x00{}", SOCKETIO[..4].join("\x1e")).into_bytes());
+    add("socketio", "data-message".into(), format!("\x01{SEND_MESSAGE}").into_bytes());
+    add(
+        "socketio",
+        "data-filter".into(),
+        format!("\x01{}", r#"{"events":["state_change"],"project_name":"p1"}"#).into_bytes(),
+    );
     // JWTs: one as received (mode 0), one header and claims to sign (mode 1).
     add("jwt", "00-token".into(), format!("\x00{}", token()).into_bytes());
     add("jwt", "01-sign".into(), format!("\x01{}\n{}", JWT_HEADER, JWT_CLAIMS).into_bytes());
     s
 }
+
+/// A chat message with every optional field.
+const SEND_MESSAGE: &str = r#"{"content":"/sprint start","type":"command","thread_id":"0192f0c1-0000-7000-8000-000000000000","attachments":[{"name":"a.txt","type":"text/plain","size":3}]}"#;
+
+/// Engine.IO packets carrying the Socket.IO packets of the portal's session.
+const SOCKETIO: [&str; 14] = [
+    r#"40/portal,{"token":"t"}"#,
+    r#"42/portal,["join_project",{"project_name":"my-project"}]"#,
+    r#"42/portal,1["leave_project",{"project_name":"my-project"}]"#,
+    "3",
+    r#"42/portal,["subscribe_to_events",{"events":["state_change"],"project_name":"my-project"}]"#,
+    r#"42/chat/my-project,12["send_message",{"content":"hi","type":"message"}]"#,
+    r#"42/chat/my-project,["typing_start"]"#,
+    r#"42/monitoring,["authenticate",{"apiKey":"key-aaaaaaaa"}]"#,
+    r#"43/portal,7[{"ok":true}]"#,
+    r#"41/admin,"#,
+    r#"451-/x,["e",{"_placeholder":true,"num":0}]"#,
+    "2probe",
+    "5",
+    "6",
+];
 
 const JWT_HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 const JWT_CLAIMS: &str = r#"{"sub":"u1","exp":4102444800,"projects":["p1"],"roles":["admin"]}"#;
