@@ -1,8 +1,8 @@
 //! JWTs as the gateway reads them: the shape test that tells a JWT from an API key,
-//! the header parsed before verification (`alg`; the gateway configures exactly one
-//! algorithm per key and never selects a key by `kid`), and verification with the
-//! validation the gateway's `Authenticator` builds (mirrored here, as that type lives in
-//! the server crate).
+//! the header parsed before verification (`jsonwebtoken::decode_header`: its `alg`, and
+//! the `kid` a JWKS set-up picks its key by), and verification with the validation the
+//! gateway's `Authenticator` builds for a configured secret or public key (mirrored
+//! here, as that type lives in the server crate; each key admits exactly one algorithm).
 //!
 //! Input: byte 0 even — the rest is a token as received. Byte 0 odd — the rest is a
 //! header and claims (split at the first `\n`) that are base64url-encoded and signed
