@@ -8,7 +8,7 @@
 # the seed clients (the seed documents' JavaScript run unchanged against the binary with
 # deploy/examples/seed-*.toml), the Socket.IO contract (the real socket.io-client against
 # nodes, NATS, Redis and nginx),
-# and the Helm chart checks.
+# the Helm chart checks, and a short run of every fuzz target (scripts/fuzz.sh).
 # Exits non-zero when anything fails; each suite's output is kept whole, not interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,10 +56,13 @@ run client-ts bash -c 'cd client-ts && npm run build && GATEWAY_BIN="$PWD/../tar
 run seeds bash -c 'cd tests/seeds && GATEWAY_BIN="$PWD/../../target/debug/gateway" npm test'
 run socketio bash -c 'cd tests/socketio && GATEWAY_BIN="$PWD/../../target/debug/gateway" npm test'
 run helm bash scripts/check-helm.sh
+# A short coverage-guided run of every fuzz target (its own instrumented build), at low
+# priority so the timing-sensitive suites keep the CPU they need.
+run fuzz nice -n 19 bash scripts/fuzz.sh 15
 wait
 
 failed=0
-for name in rust client-ts seeds socketio helm; do
+for name in rust client-ts seeds socketio helm fuzz; do
   rc="$(cat "$logs/$name.rc" 2>/dev/null || echo 1)"
   echo "===== $name (exit $rc) ====="
   cat "$logs/$name.log"
@@ -82,7 +85,10 @@ op="$(count "$logs/socketio.log" '# pass [0-9]+')"
 of="$(count "$logs/socketio.log" '# fail [0-9]+')"
 hp="$(count "$logs/helm.log" '[0-9]+ passed')"
 hf="$(count "$logs/helm.log" '[0-9]+ failed')"
-echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; seeds: $sp passed, $sf failed; socketio: $op passed, $of failed; helm: $hp passed, $hf failed"
+# fuzz.sh closes on `fuzz: N passed, M failed`, one per target.
+fp="$(count "$logs/fuzz.log" 'fuzz: [0-9]+ passed')"
+ff="$(count "$logs/fuzz.log" 'fuzz: [0-9]+ passed, [0-9]+ failed')"
+echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; seeds: $sp passed, $sf failed; socketio: $op passed, $of failed; helm: $hp passed, $hf failed; fuzz: $fp passed, $ff failed"
 [ "$failed" = 0 ] || echo "test.sh: some suites failed" >&2
-echo "total: $((rp + tp + sp + op + hp)) passed, $((rf + tf + sf + of + hf + failed)) failed"
+echo "total: $((rp + tp + sp + op + hp + fp)) passed, $((rf + tf + sf + of + hf + ff + failed)) failed"
 exit "$failed"

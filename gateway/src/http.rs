@@ -26,7 +26,7 @@ use axum::{
     routing::{get, post},
 };
 use futures_util::StreamExt;
-use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, EventName, PrincipalKind, iso8601, now_ms};
+use gateway_protocol::{Channel, Encoding, ErrorBody, ErrorCode, EventName, PrincipalKind, handshake, iso8601, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -115,18 +115,14 @@ pub(crate) fn claim(node: &Arc<Node>, ip: std::net::IpAddr) -> Result<Claim, Api
 
 /// Picks the credential: `Authorization: Bearer`, `?token=`, `X-API-Key`, `?apiKey=` (first wins).
 pub(crate) fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(String, &'static str)> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let v = v.trim();
-        let bearer = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
-        return Some((bearer.trim().to_owned(), "authorization"));
-    }
-    if let Some(t) = q.get("token") {
-        return Some((t.clone(), "query_token"));
-    }
-    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some((k.trim().to_owned(), "x_api_key"));
-    }
-    q.get("apiKey").map(|k| (k.clone(), "query_api_key"))
+    let value = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let carriers = handshake::Carriers {
+        authorization: value(header::AUTHORIZATION.as_str()),
+        query_token: q.get("token").map(String::as_str),
+        x_api_key: value("x-api-key"),
+        query_api_key: q.get("apiKey").map(String::as_str),
+    };
+    carriers.credential().map(|(credential, carrier)| (credential, carrier.as_str()))
 }
 
 /// The encoding: the first supported offered subprotocol, else `?format=`, else the
@@ -136,29 +132,13 @@ fn negotiate(
     q: &HashMap<String, String>,
     default: Encoding,
 ) -> Result<(Encoding, bool), ApiError> {
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    if let Some(e) = offered.iter().find_map(|p| Encoding::from_subprotocol(p)) {
-        return Ok((e, true));
-    }
-    if let Some(f) = q.get("format") {
-        return Encoding::from_format(f)
-            .map(|e| (e, false))
-            .ok_or_else(|| refuse(ErrorCode::BadRequest, "bad_format", "format must be json, msgpack or flat"));
-    }
-    if !offered.is_empty() {
-        return Err(refuse(
-            ErrorCode::BadRequest,
-            "bad_subprotocol",
-            "supported subprotocols: gateway.v1.json, gateway.v1.msgpack, gateway.v1.flat",
-        ));
-    }
-    Ok((default, false))
+    let offered = handshake::offered_subprotocols(
+        headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok()),
+    );
+    handshake::negotiate(&offered, q.get("format").map(String::as_str), default).map_err(|e| match e {
+        handshake::NegotiateError::BadFormat => refuse(ErrorCode::BadRequest, "bad_format", e.to_string()),
+        handshake::NegotiateError::BadSubprotocol => refuse(ErrorCode::BadRequest, "bad_subprotocol", e.to_string()),
+    })
 }
 
 async fn upgrade(
@@ -194,10 +174,7 @@ async fn upgrade(
             "credentials required: Authorization, ?token=, X-API-Key or ?apiKey=",
         ));
     }
-    let subscribe: Vec<String> = q
-        .get("subscribe")
-        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        .unwrap_or_default();
+    let subscribe = q.get("subscribe").map(|s| handshake::subscribe_list(s)).unwrap_or_default();
     if subscribe.len() > node.cfg.limits.max_channels {
         let max = node.cfg.limits.max_channels;
         return Err(refuse(

@@ -182,3 +182,39 @@ struct IdOnly {
     #[serde(default)]
     id: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{channel::Channel, frame::ServerFrame};
+
+    /// Found by the `msgpack` fuzz target: without serde_json's `float_roundtrip`, a
+    /// JSON payload float could be parsed one ULP off, so subscribers got another number
+    /// than the publisher sent.
+    #[test]
+    fn payload_floats_cross_the_gateway_exactly() {
+        for text in ["-5.432046065895415e-109", "2.2250738585072014e-308", "0.1", "1.7976931348623157e+308"] {
+            let frame = format!(r#"{{"type":"publish","channel":"session:a","event":"e","data":{text}}}"#);
+            let Ok(ClientFrame::Publish { event, data, .. }) = Encoding::Json.decode(frame.as_bytes(), false) else {
+                panic!("{frame} decodes");
+            };
+            assert_eq!(data.to_string(), text);
+            let exact: f64 = text.parse().expect("a float");
+            assert_eq!(data.as_f64().map(f64::to_bits), Some(exact.to_bits()), "{text}");
+            let ev = EventFrame {
+                channel: Channel::parse("session:a").expect("valid"),
+                event,
+                data,
+                id: "m".into(),
+                ts: 1,
+                from: None,
+                offset: None,
+                epoch: None,
+            };
+            let out = Encoding::Json.encode(&ServerFrame::Event(ev));
+            let back: ServerFrame = serde_json::from_slice(&out.bytes).expect("decodes");
+            let ServerFrame::Event(back) = back else { panic!("an event") };
+            assert_eq!(back.data.as_f64().map(f64::to_bits), Some(exact.to_bits()), "{text}");
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! This crate is pure data: channel names and their NATS subjects, the typed frames of
 //! both directions, the error and close codes, and the three encodings (canonical JSON,
 //! MessagePack, and the flat compatibility shape). It does no I/O so the server, the
-//! client SDK and the tests share one definition of every byte on the wire.
+//! client SDK and the tests share one definition of every byte on the wire. The
+//! handshake's untrusted inputs (credential carriers, subprotocols) are parsed here too.
 
 pub mod channel;
 pub mod codec;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod flat;
 pub mod frame;
+pub mod handshake;
 pub mod history;
 
 pub use channel::{Channel, ChannelError, Namespace};

@@ -7,6 +7,9 @@ use gateway_protocol::{
 };
 use serde_json::json;
 
+#[path = "golden/fuzz_seeds.rs"]
+mod fuzz_seeds;
+
 fn event() -> ServerFrame {
     ServerFrame::Event(EventFrame {
         channel: Channel::parse("session:abc").expect("valid"),

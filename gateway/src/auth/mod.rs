@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use gateway_protocol::{Channel, Principal, PrincipalKind};
+use gateway_protocol::{Channel, Principal, PrincipalKind, handshake::looks_like_jwt};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -333,15 +333,6 @@ fn agent_identity(agent_id: String, projects: Vec<String>) -> Identity {
         admin: false,
         expires_at_ms: None,
     }
-}
-
-/// Three non-empty base64url segments: a JWT, not an API key.
-fn looks_like_jwt(s: &str) -> bool {
-    let mut parts = s.split('.');
-    let ok = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-    };
-    ok(parts.next()) && ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
 fn jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {

@@ -1,6 +1,7 @@
 //! The data of the Socket.IO events the gateway answers itself, checked into types
 //! (seed 004's rules for chat messages), with every refusal as one `validation_error`
-//! listing each offending field.
+//! listing each offending field. This file depends on nothing else in the server: the
+//! fuzz targets (`fuzz/`) compile it as it is.
 
 use gateway_protocol::{Channel, Namespace, iso8601};
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,8 @@
 //! Socket.IO v5 packet `<type>[<attachments>-][<namespace>,][<ack id>][<json>]`.
 //!
 //! Decoding borrows from the input and never panics; everything past the header is
-//! left as raw JSON for the caller to parse into its own types.
+//! left as raw JSON for the caller to parse into its own types. This file depends on
+//! nothing else in the server: the fuzz targets (`fuzz/`) compile it as it is.
 
 use serde_json::value::RawValue;
 
@@ -172,6 +173,12 @@ impl<'a> SioPacket<'a> {
             .map_err(|_| PacketError::Payload("an event's name is a string"))?;
         Ok((name, items))
     }
+}
+
+/// The credential in a CONNECT packet's auth data: `{token}` or `{apiKey}`.
+pub fn auth_credential(auth: Option<&str>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(auth?).ok()?;
+    ["token", "apiKey"].iter().find_map(|k| v.get(*k).and_then(serde_json::Value::as_str)).map(str::to_owned)
 }
 
 fn parse_number(s: &str) -> Result<u64, PacketError> {

@@ -15,7 +15,7 @@ mod events;
 
 use super::{
     names::{ClientEvent, Nsp, ServerEvent},
-    packet::encode,
+    packet::{auth_credential, encode},
     wire::SioTarget,
 };
 use crate::{
@@ -85,12 +85,6 @@ pub(super) struct Live {
     expires: Option<Instant>,
     /// Set by [`Live::finish`]; otherwise `Drop` cleans up.
     finished: bool,
-}
-
-/// The credential in a CONNECT packet's auth data: `{token}` or `{apiKey}`.
-fn auth_credential(auth: Option<&str>) -> Option<String> {
-    let v: Value = serde_json::from_str(auth?).ok()?;
-    ["token", "apiKey"].iter().find_map(|k| v.get(*k).and_then(Value::as_str)).map(str::to_owned)
 }
 
 impl NsSocket {
