@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release -p gateway -p gateway-bench
-BENCH=target/release/gateway-bench
+BENCH="${CARGO_TARGET_DIR:-target}/release/gateway-bench"
 
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-max cluster churn resume soak)
