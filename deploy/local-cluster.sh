@@ -243,6 +243,13 @@ cp "$NGINX_CONF_SRC" "$WORKDIR/nginx/nginx.conf"
   done
   echo "    keepalive 32;"
   echo "}"
+  echo "upstream gateway_sticky {"
+  echo "    hash \$remote_addr consistent;"
+  for port in "${GW_PORTS[@]}"; do
+    echo "    server 127.0.0.1:$port max_fails=3 fail_timeout=10s;"
+  done
+  echo "    keepalive 32;"
+  echo "}"
 } >"$WORKDIR/nginx/upstream.conf"
 echo "listen 127.0.0.1:$LB_PORT;" >"$WORKDIR/nginx/listen.conf"
 NGINX_ARGS=(-p "$WORKDIR/nginx/" -c "$WORKDIR/nginx/nginx.conf" -e stderr)

@@ -6,7 +6,8 @@
 # integration against the gateway binary just built, and the console: its committed
 # assets against a fresh build, and the page in headless Chromium against the binary),
 # the seed clients (the seed documents' JavaScript run unchanged against the binary with
-# deploy/examples/seed-*.toml), the AsyncAPI description (docs/asyncapi.yaml through the
+# deploy/examples/seed-*.toml), the Socket.IO contract (the real socket.io-client against
+# nodes, NATS, Redis and nginx), the AsyncAPI description (docs/asyncapi.yaml through the
 # official parser, every example against its schema),
 # and the Helm chart checks.
 # Exits non-zero when anything fails; each suite's output is kept whole, not interleaved.
@@ -29,11 +30,14 @@ df -h . | tail -1 | awk '{print "disk before build: " $4 " free of " $2}'
 npm_pid=$!
 (cd tests/seeds && npm ci --no-audit --no-fund --loglevel=error) &
 seeds_npm_pid=$!
+(cd tests/socketio && npm ci --no-audit --no-fund --loglevel=error) &
+socketio_npm_pid=$!
 (cd docs/asyncapi && npm ci --no-audit --no-fund --loglevel=error) &
 asyncapi_npm_pid=$!
 cargo build --workspace --all-targets --locked
 wait "$npm_pid"
 wait "$seeds_npm_pid"
+wait "$socketio_npm_pid"
 wait "$asyncapi_npm_pid"
 du -sh target 2>/dev/null | awk '{print "target after build: " $1}'
 df -h . | tail -1 | awk '{print "disk after build: " $4 " free of " $2}'
@@ -54,12 +58,13 @@ run rust bash -c 'if command -v cargo-nextest >/dev/null 2>&1; then
   fi'
 run client-ts bash -c 'cd client-ts && npm run build && GATEWAY_BIN="$PWD/../target/debug/gateway" npm test'
 run seeds bash -c 'cd tests/seeds && GATEWAY_BIN="$PWD/../../target/debug/gateway" npm test'
+run socketio bash -c 'cd tests/socketio && GATEWAY_BIN="$PWD/../../target/debug/gateway" npm test'
 run helm bash scripts/check-helm.sh
 run asyncapi bash -c 'cd docs/asyncapi && npm test --silent'
 wait
 
 failed=0
-for name in rust client-ts seeds helm asyncapi; do
+for name in rust client-ts seeds socketio helm asyncapi; do
   rc="$(cat "$logs/$name.rc" 2>/dev/null || echo 1)"
   echo "===== $name (exit $rc) ====="
   cat "$logs/$name.log"
@@ -79,11 +84,13 @@ tp="$(count "$logs/client-ts.log" '# pass [0-9]+')"
 tf="$(count "$logs/client-ts.log" '# fail [0-9]+')"
 sp="$(count "$logs/seeds.log" '# pass [0-9]+')"
 sf="$(count "$logs/seeds.log" '# fail [0-9]+')"
+op="$(count "$logs/socketio.log" '# pass [0-9]+')"
+of="$(count "$logs/socketio.log" '# fail [0-9]+')"
 hp="$(count "$logs/helm.log" '[0-9]+ passed')"
 hf="$(count "$logs/helm.log" '[0-9]+ failed')"
 ap="$(count "$logs/asyncapi.log" 'asyncapi: [0-9]+ passed')"
 af="$(count "$logs/asyncapi.log" 'asyncapi: [0-9]+ passed, [0-9]+ failed')"
-echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; seeds: $sp passed, $sf failed; helm: $hp passed, $hf failed; asyncapi: $ap passed, $af failed"
+echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; seeds: $sp passed, $sf failed; socketio: $op passed, $of failed; helm: $hp passed, $hf failed; asyncapi: $ap passed, $af failed"
 [ "$failed" = 0 ] || echo "test.sh: some suites failed" >&2
-echo "total: $((rp + tp + sp + hp + ap)) passed, $((rf + tf + sf + hf + af + failed)) failed"
+echo "total: $((rp + tp + sp + op + hp + ap)) passed, $((rf + tf + sf + of + hf + af + failed)) failed"
 exit "$failed"

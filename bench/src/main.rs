@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! gateway-bench idle    [--n 15000]                       RSS per idle subscribed connection
-//! gateway-bench fanout  [--n 10000 --rate 20 --duration 10] [--find-max]
+//! gateway-bench fanout  [--n 10000 --rate 20 --duration 10] [--find-max] [--socketio]
 //! gateway-bench cluster [--nodes 3 --n 9000 --deliveries 20000 --duration 10]
 //! gateway-bench churn   [--cycles 100000 --concurrency 64]
 //! gateway-bench resume  [--subscribers 6000 --channels 60 --rate 500 --duration 30 --kill-after 15]
@@ -25,6 +25,7 @@ mod proto;
 mod report;
 mod scenario;
 mod setup;
+mod sio;
 mod token;
 mod tracked;
 mod worker;
@@ -92,6 +93,11 @@ struct Args {
     /// fanout/cluster: step the rate up and report the highest that still meets the bar.
     #[arg(long)]
     find_max: bool,
+    /// fanout: measure native subscribers, then the same number of Socket.IO
+    /// subscribers (Engine.IO over WebSocket) at the same rate on the same node, on a
+    /// `project:` channel both times.
+    #[arg(long)]
+    socketio: bool,
     /// Churn cycles.
     #[arg(long)]
     cycles: Option<u64>,

@@ -44,6 +44,10 @@ pub struct ConnectSpec {
     pub concurrency: usize,
     /// Bound of one handshake (TCP + upgrade + `connected` + subscribe).
     pub timeout_ms: u64,
+    /// Connect as Socket.IO clients (Engine.IO over WebSocket, one namespace each;
+    /// the channels are then `project:` channels).
+    #[serde(default)]
+    pub socketio: bool,
 }
 
 /// A churn run: cycles of connect → subscribe → close.

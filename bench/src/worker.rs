@@ -144,8 +144,16 @@ impl State {
 /// A parsed target: the URL for the upgrade request and the address to connect to.
 #[derive(Clone)]
 pub struct Target {
-    url: String,
+    /// `ws://host:port/path`.
+    pub url: String,
     addr: SocketAddr,
+}
+
+impl Target {
+    /// The address to connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }
 
 /// Parses `ws://host:port/…` targets (IPv4 only).
@@ -250,6 +258,10 @@ async fn hold(mut ws: Ws, ch: usize, st: Arc<State>) {
                 return;
             }
             m = ws.next() => match m {
+                // An Engine.IO ping (Socket.IO subscribers): answer it or be dropped.
+                Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                    let _ = ws.send(Message::Text("3".into())).await;
+                }
                 Some(Ok(Message::Text(t))) => st.on_text(t.as_str()),
                 Some(Ok(Message::Close(f))) => {
                     st.lose(ch, format!("close_{}", f.map(|f| u16::from(f.code)).unwrap_or(0)));
@@ -300,10 +312,17 @@ async fn connect(spec: ConnectSpec, st: &Arc<State>) -> anyhow::Result<Ev> {
             let target = &targets[(i % targets.len() as u64) as usize];
             let src = spec.clients.src_ips[(i % spec.clients.src_ips.len() as u64) as usize];
             let ch = (i % spec.channels.len().max(1) as u64) as usize;
-            let token =
-                mint(&spec.clients.secret, &format!("{}{i}", spec.clients.user_prefix)).map_err(|e| e.to_string())?;
+            let user = format!("{}{i}", spec.clients.user_prefix);
             let channel = spec.channels.get(ch).map(String::as_str);
-            match timeout(per, open(target, src, &token, channel)).await {
+            // Every project: the channels may be `project:` ones (`fanout --socketio`).
+            let token =
+                crate::token::mint_with_projects(&spec.clients.secret, &user, &["*"]).map_err(|e| e.to_string())?;
+            let opened = if spec.socketio {
+                timeout(per, crate::sio::open(target, src, &token, channel.unwrap_or_default())).await
+            } else {
+                timeout(per, open(target, src, &token, channel)).await
+            };
+            match opened {
                 Ok(Ok((ws, hs, rd))) => Ok((ws, hs, rd, ch)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err("timeout".to_owned()),

@@ -1,6 +1,7 @@
 //! The HTTP surface: the WebSocket handshake (`GET /ws` and any other `ws_paths`), health
-//! and readiness, metrics, the admin API (`POST /api/publish`, `POST /api/disconnect`)
-//! and the console (`GET /console`, see [`crate::console`]).
+//! and readiness, metrics, the admin API (`POST /api/publish`, `POST /api/disconnect`),
+//! the console (`GET /console`, see [`crate::console`]) and Socket.IO (`/socket.io/`,
+//! see [`crate::sio`]).
 //!
 //! A handshake is checked completely before the upgrade — draining, origin, encoding,
 //! node capacity, per-IP limit, credentials, cluster-wide admission — so a refusal is an
@@ -53,17 +54,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/publish", post(publish))
         .route("/api/disconnect", post(disconnect))
         .merge(crate::console::routes())
+        .merge(crate::sio::routes(&node))
         .with_state(node)
 }
 
-fn refuse(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+/// A handshake refusal, counted by reason.
+pub(crate) fn refuse(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> ApiError {
     metrics::counter!(telemetry::REFUSALS, "reason" => reason).increment(1);
     ApiError::new(code, message)
 }
 
 /// A socket's place in the node-wide and per-IP counts, released when the connection
 /// (or a handshake refused after claiming) ends.
-struct Claim {
+pub(crate) struct Claim {
     node: Arc<Node>,
     ip: std::net::IpAddr,
 }
@@ -75,8 +78,21 @@ impl Drop for Claim {
     }
 }
 
+/// Takes a node-wide slot and one of `ip`'s, counted from the handshake (not from
+/// registration) so concurrent handshakes cannot overshoot the limits.
+pub(crate) fn claim(node: &Arc<Node>, ip: std::net::IpAddr) -> Result<Claim, ApiError> {
+    if !node.claim_slot() {
+        return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
+    }
+    if !node.claim_ip(ip) {
+        node.release_slot();
+        return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
+    }
+    Ok(Claim { node: node.clone(), ip })
+}
+
 /// Picks the credential: `Authorization: Bearer`, `?token=`, `X-API-Key`, `?apiKey=` (first wins).
-fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(String, &'static str)> {
+pub(crate) fn credential(headers: &HeaderMap, q: &HashMap<String, String>) -> Option<(String, &'static str)> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         let bearer = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
@@ -166,17 +182,7 @@ async fn upgrade(
             format!("?subscribe= may name at most {max} channels"),
         ));
     }
-    // Counted from here, not from registration, so concurrent handshakes and sockets
-    // still authenticating cannot overshoot the limit.
-    if !node.claim_slot() {
-        return Err(refuse(ErrorCode::Unavailable, "node_full", "node is full"));
-    }
-    let ip = peer.ip();
-    if !node.claim_ip(ip) {
-        node.release_slot();
-        return Err(refuse(ErrorCode::RateLimited, "per_ip", "too many connections from this address"));
-    }
-    let claim = Claim { node: node.clone(), ip };
+    let claim = claim(&node, peer.ip())?;
     let connection_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
     let authenticated = match credential {
         None => None,
@@ -240,6 +246,7 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
         _ => json!({ "status": "unknown" }),
     };
     let status = if bus.is_up() && presence.is_up() { "ok" } else { "degraded" };
+    let (sio_ws, sio_polling) = node.socketio.counts();
     Json(json!({
         "status": status,
         "timestamp": iso8601(now_ms()),
@@ -253,6 +260,7 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
             "subscriptions": s.subscriptions,
             "trackedIps": node.tracked_ips(),
         },
+        "socketio": { "websocket": sio_ws, "polling": sio_polling },
         "nats": bus,
         "redis": presence,
         "cluster": cluster,

@@ -32,6 +32,7 @@ pub mod node;
 pub mod presence;
 pub mod server;
 pub mod shutdown;
+pub mod sio;
 pub mod telemetry;
 pub mod upstream;
 

@@ -3,7 +3,9 @@
 //! (confirmed by the server, rolled back if it fails) → presence (and the `presence.join`
 //! announcement when it is the principal's first connection there) → with `recover`,
 //! the replay of the channel's history before its live events. A leave undoes it in
-//! reverse. The session, its `Drop`, the drain and the lease reaper all come here; no
+//! reverse. A connection's registration in the hub and its end (every channel left,
+//! or, for a task that died, left on a tracked task) live here too. Native sessions,
+//! Socket.IO sockets, their `Drop`s, the drain and the lease reaper all come here; no
 //! other module speaks the protocol of a join.
 
 use std::sync::Arc;
@@ -194,16 +196,27 @@ impl Membership {
         }
     }
 
-    /// Removes `conn` from every channel in `channels`.
-    pub async fn leave_all(&self, conn: &ConnHandle, channels: &[Channel]) {
+    /// A connection opens: the hub knows it from now on (native and Socket.IO alike).
+    pub fn register(&self, conn: &Arc<ConnHandle>) {
+        self.hub.register(conn.clone());
+        let kind = conn.principal.kind.as_str();
+        metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind).increment(1.0);
+        metrics::counter!(telemetry::HANDSHAKES, "kind" => kind).increment(1);
+    }
+
+    /// A connection ends: it leaves every channel in `channels` and the hub forgets it.
+    pub async fn close(&self, conn: &ConnHandle, channels: &[Channel]) {
         for ch in channels {
             self.leave(conn, ch).await;
         }
+        self.hub.unregister(conn.id);
+        metrics::gauge!(telemetry::CONNECTIONS, "kind" => conn.principal.kind.as_str()).decrement(1.0);
     }
 
-    /// For a connection whose task ended without cleaning up (a panic, a dropped
-    /// future): the hub forgets it now, the fabric on a tracked task.
-    pub fn leave_all_detached(self: &Arc<Self>, conn: &ConnHandle, channels: Vec<Channel>) {
+    /// For a connection whose task ended without [`Membership::close`] (a panic, a
+    /// dropped future): the hub forgets it now, the fabric on a tracked task.
+    pub fn abandon(self: &Arc<Self>, conn: &ConnHandle, channels: Vec<Channel>) {
+        metrics::gauge!(telemetry::CONNECTIONS, "kind" => conn.principal.kind.as_str()).decrement(1.0);
         let emptied: Vec<Channel> = channels.iter().filter(|ch| self.hub.unsubscribe(ch, conn.id)).cloned().collect();
         self.hub.unregister(conn.id);
         if tokio::runtime::Handle::try_current().is_err() {

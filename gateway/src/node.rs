@@ -60,6 +60,8 @@ pub struct Node {
     pub shutdown: Shutdown,
     /// Every task the node spawns, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Socket.IO's Engine.IO connections (found by session id, counted by transport).
+    pub socketio: crate::sio::Engines,
     /// Source of node-local connection numbers.
     next_conn: AtomicU64,
     /// Open connections per client IP (the per-IP limit).
@@ -111,6 +113,7 @@ impl Node {
             membership,
             shutdown,
             tasks,
+            socketio: crate::sio::Engines::default(),
             next_conn: AtomicU64::new(1),
             per_ip: DashMap::new(),
             slots: AtomicUsize::new(0),

@@ -134,11 +134,36 @@ async fn publish_step(
 pub async fn run(args: &Args, cluster: bool) -> anyhow::Result<()> {
     let nodes = args.nodes.unwrap_or(if cluster { 3 } else { 1 });
     let setup = Setup::new(args, nodes, true).await?;
-    run_in(setup, async |setup| measure(args, cluster, setup).await).await
+    let socketio = args.socketio && !cluster;
+    run_in(setup, async |setup| {
+        let first = if socketio { Subscribers::Native } else { Subscribers::Default };
+        measure(args, cluster, first, setup).await?;
+        if socketio {
+            measure(args, cluster, Subscribers::SocketIo, setup).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
-async fn measure(args: &Args, cluster: bool, setup: &Setup) -> anyhow::Result<()> {
-    let name = if cluster { "cluster" } else { "fanout" };
+/// Who subscribes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subscribers {
+    /// Native clients on `broadcast:` channels.
+    Default,
+    /// Native clients on `project:` channels (the baseline of a Socket.IO run).
+    Native,
+    /// Socket.IO clients in `/project/<id>` namespaces.
+    SocketIo,
+}
+
+async fn measure(args: &Args, cluster: bool, subs: Subscribers, setup: &Setup) -> anyhow::Result<()> {
+    let name = match (cluster, subs) {
+        (true, _) => "cluster",
+        (false, Subscribers::Default) => "fanout",
+        (false, Subscribers::Native) => "fanout-native",
+        (false, Subscribers::SocketIo) => "fanout-socketio",
+    };
     let n = args.n.unwrap_or(if cluster { 9_000 } else { 10_000 });
     let channels = args.channels.unwrap_or(1).max(1);
     let duration = args.duration.unwrap_or(10.0);
@@ -154,10 +179,12 @@ async fn measure(args: &Args, cluster: bool, setup: &Setup) -> anyhow::Result<()
     let workers = workers_for(args, n);
     check_capacity(args, n, workers)?;
     let run = std::process::id();
-    let names: Vec<String> = (0..channels).map(|c| format!("broadcast:bench-{name}-{run}-{c}")).collect();
+    let ns = if subs == Subscribers::Default { "broadcast" } else { "project" };
+    let names: Vec<String> = (0..channels).map(|c| format!("{ns}:bench-{name}-{run}-{c}")).collect();
     let subjects: Vec<String> =
         names.iter().map(|c| format!("{}.ev.{}", args.subject_prefix, c.replacen(':', ".", 1))).collect();
-    let spec = connect_spec(args, setup, format!("{name}{run}-"), names.clone(), workers);
+    let mut spec = connect_spec(args, setup, format!("{name}{run}-"), names.clone(), workers);
+    spec.socketio = subs == Subscribers::SocketIo;
     eprintln!("{name}: {n} subscribers over {channels} channel(s) on {} node(s), {workers} workers", setup.nodes.len());
     let mut pool = Pool::spawn(workers).await?;
     let c = pool.connect(n, &spec, Duration::from_secs(120 + n / 50)).await?.totals;

@@ -68,5 +68,6 @@ pub fn connect_spec(
         channels,
         concurrency: args.concurrency.unwrap_or(200).div_ceil(workers).max(1),
         timeout_ms: args.timeout_ms,
+        socketio: false,
     }
 }

@@ -130,6 +130,8 @@ pub struct Config {
     pub ws_default_format: BTreeMap<String, String>,
     /// Agent status and backend hooks.
     pub lifecycle: LifecycleConfig,
+    /// Socket.IO clients on `/socket.io/` (contract §11).
+    pub socketio: SocketIoConfig,
     /// A backend reached over HTTP for requests and upstream sends (no NATS needed).
     pub backend_http: BackendHttpConfig,
 }
@@ -313,6 +315,7 @@ impl Default for Config {
             ws_paths: ws_paths::default_ws_paths(),
             ws_default_format: BTreeMap::new(),
             lifecycle: LifecycleConfig::default(),
+            socketio: SocketIoConfig::default(),
             backend_http: BackendHttpConfig::default(),
         }
     }
@@ -480,6 +483,7 @@ pub mod compat;
 mod de;
 mod history;
 mod lifecycle;
+mod socketio;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -489,3 +493,4 @@ pub use compat::{AutoJoin, BackendHttpConfig};
 use de::{lossy_string, string_or_list};
 pub use history::{HistoryConfig, NsHistory};
 pub use lifecycle::LifecycleConfig;
+pub use socketio::SocketIoConfig;

@@ -72,6 +72,9 @@ impl Config {
         if let Err((key, reason)) = self.backend_http.check() {
             return invalid(key, &reason);
         }
+        if let Err((key, reason)) = self.socketio.check() {
+            return invalid(key, reason);
+        }
         if let Err(e) = self.lifecycle.parsed() {
             return invalid("lifecycle.agent_status_channel", &format!("must be a channel name or empty: {e}"));
         }

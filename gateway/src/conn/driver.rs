@@ -121,10 +121,8 @@ where
         limits.outbound_queue_frames,
         limits.outbound_queue_bytes,
     );
-    node.hub.register(handle.clone());
+    node.membership.register(&handle);
     let kind = identity.principal.kind;
-    metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).increment(1.0);
-    metrics::counter!(telemetry::HANDSHAKES, "kind" => kind.as_str()).increment(1);
     let mut session = Session::new(node.clone(), handle, identity.clone(), admission);
     session.reply(&ServerFrame::Connected {
         connection_id: start.connection_id.to_string(),

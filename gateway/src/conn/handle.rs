@@ -16,7 +16,7 @@ use axum::extract::ws::Message;
 use gateway_protocol::{CloseCode, DisconnectReason, Encoding, Principal};
 use tokio::sync::Notify;
 
-use crate::telemetry;
+use crate::{sio::wire::SioTarget, telemetry};
 
 /// Node-local connection number (cheap key for tables).
 pub type ConnId = u64;
@@ -53,6 +53,9 @@ pub struct ConnHandle {
     pub principal: Principal,
     /// Its encoding, so the hub picks the right shared bytes.
     pub encoding: Encoding,
+    /// Set for a Socket.IO socket: the hub sends it its namespace's encoding instead
+    /// (`encoding` is then unused). Boxed: 8 bytes on every native connection.
+    pub sio: Option<Box<SioTarget>>,
     /// Outbound frames and their bytes. Allocates nothing until the first push, and
     /// gives its storage back whenever the writer empties it.
     queue: Mutex<Queue>,
@@ -137,11 +140,25 @@ impl ConnHandle {
         max_frames: usize,
         max_bytes: usize,
     ) -> (Arc<Self>, Outbox) {
+        Self::with_target(id, connection_id, principal, encoding, None, max_frames, max_bytes)
+    }
+
+    /// A handle and its outbox, for a Socket.IO socket when `sio` is set.
+    pub fn with_target(
+        id: ConnId,
+        connection_id: Arc<str>,
+        principal: Principal,
+        encoding: Encoding,
+        sio: Option<Box<SioTarget>>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> (Arc<Self>, Outbox) {
         let h = Arc::new(ConnHandle {
             id,
             connection_id,
             principal,
             encoding,
+            sio,
             queue: Mutex::default(),
             ready: Notify::new(),
             closed: Notify::new(),

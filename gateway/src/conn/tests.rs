@@ -188,7 +188,7 @@ async fn a_session_dropped_without_finish_leaves_no_ghost() {
         8,
         1 << 16,
     );
-    node.hub.register(handle.clone());
+    node.membership.register(&handle);
     let mut session = crate::conn::session::Session::new(node.clone(), handle, id, admission);
     let (joined, _, _) = session.subscribe(&["user:u9".into(), "project:p1".into()], None, &Default::default()).await;
     assert_eq!(joined.len(), 2);

@@ -24,6 +24,7 @@ use gateway_protocol::{Channel, Encoding, EventFrame, Principal, PrincipalKind, 
 
 use crate::{
     conn::handle::{Close, ConnHandle, ConnId, message_len},
+    sio::wire::SioFrames,
     telemetry,
 };
 
@@ -206,16 +207,21 @@ impl Hub {
         let offset = ev.offset.unwrap_or(0);
         subs.record(offset);
         let frame = ServerFrame::Event(ev);
-        // One encoding per kind, its bytes shared by every subscriber of that kind.
+        // One encoding per kind (and per Socket.IO namespace), its bytes shared by every
+        // subscriber of that kind; `None`: this subscriber does not get the event.
         let mut encoded: [Option<(Message, usize)>; 3] = [None, None, None];
-        let mut encode = |conn: &ConnHandle| {
-            encoded[conn.encoding.index()]
-                .get_or_insert_with(|| {
-                    let m = to_message(conn.encoding, &frame);
-                    let len = message_len(&m);
-                    (m, len)
-                })
-                .clone()
+        let mut sio = SioFrames::new(&frame);
+        let mut encode = |conn: &ConnHandle| match &conn.sio {
+            Some(target) => sio.for_conn(conn, target),
+            None => Some(
+                encoded[conn.encoding.index()]
+                    .get_or_insert_with(|| {
+                        let m = to_message(conn.encoding, &frame);
+                        let len = message_len(&m);
+                        (m, len)
+                    })
+                    .clone(),
+            ),
         };
         let mut delivered = 0;
         let mut queued = 0;
@@ -224,7 +230,9 @@ impl Hub {
             if offset != 0 && offset <= have.pushed {
                 continue;
             }
-            let (msg, len) = encode(conn);
+            let Some((msg, len)) = encode(conn) else {
+                continue;
+            };
             if conn.enqueue(msg, len) {
                 delivered += 1;
                 queued += len;

@@ -196,7 +196,7 @@ impl Subscribers {
     /// Holds an event for every gated subscriber. `encode` gives the message for an
     /// encoding (shared with the live fan-out). A gate that outgrows the connection's
     /// queue bounds closes it as a slow consumer, as a full queue would.
-    pub(super) fn hold(&self, offset: u64, mut encode: impl FnMut(&ConnHandle) -> (Message, usize)) {
+    pub(super) fn hold(&self, offset: u64, mut encode: impl FnMut(&ConnHandle) -> Option<(Message, usize)>) {
         let Some(gates) = &self.gates else {
             return;
         };
@@ -204,7 +204,9 @@ impl Subscribers {
             if gate.conn.is_closing() {
                 continue;
             }
-            let (msg, len) = encode(&gate.conn);
+            let Some((msg, len)) = encode(&gate.conn) else {
+                continue;
+            };
             if !gate.conn.fits(gate.held.len() + 1, gate.held_bytes + len) {
                 gate.conn.close(Close::bare(CloseCode::SlowConsumer));
                 gate.held = Vec::new();

@@ -23,4 +23,5 @@ mod sdk;
 mod seeds;
 mod signals;
 mod smoke;
+mod socketio;
 mod ws_paths;

@@ -391,11 +391,8 @@ impl Session {
     /// (`reason`: the close code's reason). Called once, at the end.
     pub async fn finish(mut self, reason: &str) {
         let channels = std::mem::take(&mut self.channels);
-        self.node.membership.leave_all(&self.handle, &channels).await;
-        self.node.hub.unregister(self.handle.id);
+        self.node.membership.close(&self.handle, &channels).await;
         self.admission.release(reason).await;
-        let kind = self.identity.principal.kind;
-        metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
         self.finished = true;
     }
 
@@ -451,8 +448,6 @@ impl Drop for Session {
             return;
         }
         let channels = std::mem::take(&mut self.channels);
-        self.node.membership.leave_all_detached(&self.handle, channels);
-        let kind = self.identity.principal.kind;
-        metrics::gauge!(telemetry::CONNECTIONS, "kind" => kind.as_str()).decrement(1.0);
+        self.node.membership.abandon(&self.handle, channels);
     }
 }
