@@ -12,19 +12,24 @@
 #            catch-up time, history's CPU per delivery vs broadcast)
 #   resume-2000  the same at issue 8's 2,000 events/s (saturates a 2-core machine; not
 #            in the default list)
+#   soak     60 s (SOAK_SECS) of churn 20/s + 1,000 subscribers x 10 events/s + 40
+#            requests/s at once on one node; RSS, fds, queued bytes and tasks before,
+#            during and after (RSS within 10% after warm-up; the rest back to idle)
+#   soak-20m the same for 20 minutes (not in the default list)
 #
 # Needs nats-server and redis-server on PATH (scripts/install-deps.sh).
 # Usage: scripts/bench.sh [scenario ...]     (default: all of them)
 # Env:   BENCH_ARGS   extra arguments for every run (e.g. "--duration 5")
+#        SOAK_SECS    length of `soak` in seconds (default 60)
 #        BENCH_OUT    file to append all output to (default: none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release -p gateway -p gateway-bench
-BENCH=target/release/gateway-bench
+BENCH="${CARGO_TARGET_DIR:-target}/release/gateway-bench"
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-max cluster churn resume)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-max cluster churn resume soak)
 
 run() {
   echo
@@ -49,7 +54,9 @@ for s in "${scenarios[@]}"; do
     churn)      run churn --cycles 100000 || status=1 ;;
     resume)     run resume --subscribers 6000 --channels 60 --rate 500 --duration 30 --kill-after 15 || status=1 ;;
     resume-2000) run resume --subscribers 6000 --channels 60 --rate 2000 --duration 30 --kill-after 15 || status=1 ;;
-    *) echo "unknown scenario: $s (idle|fanout|fanout-max|cluster|churn|resume|resume-2000)" >&2; status=2 ;;
+    soak)       run soak --duration "${SOAK_SECS:-60}" || status=1 ;;
+    soak-20m)   run soak --duration 1200 || status=1 ;;
+    *) echo "unknown scenario: $s (idle|fanout|fanout-max|cluster|churn|resume|resume-2000|soak|soak-20m)" >&2; status=2 ;;
   esac
 done
 exit $status

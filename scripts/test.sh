@@ -7,8 +7,9 @@
 # assets against a fresh build, and the page in headless Chromium against the binary),
 # the seed clients (the seed documents' JavaScript run unchanged against the binary with
 # deploy/examples/seed-*.toml), the Socket.IO contract (the real socket.io-client against
-# nodes, NATS, Redis and nginx),
-# the Helm chart checks, and a short run of every fuzz target (scripts/fuzz.sh).
+# nodes, NATS, Redis and nginx), the AsyncAPI description (docs/asyncapi.yaml through the
+# official parser, every example against its schema), the Helm chart checks, and a short
+# run of every fuzz target (scripts/fuzz.sh).
 # Exits non-zero when anything fails; each suite's output is kept whole, not interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +32,13 @@ npm_pid=$!
 seeds_npm_pid=$!
 (cd tests/socketio && npm ci --no-audit --no-fund --loglevel=error) &
 socketio_npm_pid=$!
+(cd docs/asyncapi && npm ci --no-audit --no-fund --loglevel=error) &
+asyncapi_npm_pid=$!
 cargo build --workspace --all-targets --locked
 wait "$npm_pid"
 wait "$seeds_npm_pid"
 wait "$socketio_npm_pid"
+wait "$asyncapi_npm_pid"
 du -sh target 2>/dev/null | awk '{print "target after build: " $1}'
 df -h . | tail -1 | awk '{print "disk after build: " $4 " free of " $2}'
 
@@ -56,20 +60,22 @@ run client-ts bash -c 'cd client-ts && npm run build && GATEWAY_BIN="$PWD/../tar
 run seeds bash -c 'cd tests/seeds && GATEWAY_BIN="$PWD/../../target/debug/gateway" npm test'
 run socketio bash -c 'cd tests/socketio && GATEWAY_BIN="$PWD/../../target/debug/gateway" npm test'
 run helm bash scripts/check-helm.sh
+run asyncapi bash -c 'cd docs/asyncapi && npm test --silent'
 # A short coverage-guided run of every fuzz target (its own instrumented build), at low
 # priority so the timing-sensitive suites keep the CPU they need.
 run fuzz nice -n 19 bash scripts/fuzz.sh 15
 wait
 
 failed=0
-for name in rust client-ts seeds socketio helm fuzz; do
+for name in rust client-ts seeds socketio helm asyncapi fuzz; do
   rc="$(cat "$logs/$name.rc" 2>/dev/null || echo 1)"
   echo "===== $name (exit $rc) ====="
   cat "$logs/$name.log"
   [ "$rc" = 0 ] || failed=1
 done
 
-# One closing line over every suite: nextest's summary, node's `# pass`/`# fail`, helm's.
+# One closing line over every suite: nextest's summary, node's `# pass`/`# fail`, helm's
+# and asyncapi's `N passed, M failed`.
 count() { # log, pattern: the last number matching the pattern (0 when none)
   local n
   n="$(grep -oE "$2" "$1" 2>/dev/null | grep -oE '[0-9]+' | tail -1 || true)"
@@ -85,10 +91,12 @@ op="$(count "$logs/socketio.log" '# pass [0-9]+')"
 of="$(count "$logs/socketio.log" '# fail [0-9]+')"
 hp="$(count "$logs/helm.log" '[0-9]+ passed')"
 hf="$(count "$logs/helm.log" '[0-9]+ failed')"
+ap="$(count "$logs/asyncapi.log" 'asyncapi: [0-9]+ passed')"
+af="$(count "$logs/asyncapi.log" 'asyncapi: [0-9]+ passed, [0-9]+ failed')"
 # fuzz.sh closes on `fuzz: N passed, M failed`, one per target.
 fp="$(count "$logs/fuzz.log" 'fuzz: [0-9]+ passed')"
 ff="$(count "$logs/fuzz.log" 'fuzz: [0-9]+ passed, [0-9]+ failed')"
-echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; seeds: $sp passed, $sf failed; socketio: $op passed, $of failed; helm: $hp passed, $hf failed; fuzz: $fp passed, $ff failed"
+echo "rust: $rp passed, $rf failed; client-ts: $tp passed, $tf failed; seeds: $sp passed, $sf failed; socketio: $op passed, $of failed; helm: $hp passed, $hf failed; asyncapi: $ap passed, $af failed; fuzz: $fp passed, $ff failed"
 [ "$failed" = 0 ] || echo "test.sh: some suites failed" >&2
-echo "total: $((rp + tp + sp + op + hp + fp)) passed, $((rf + tf + sf + of + hf + ff + failed)) failed"
+echo "total: $((rp + tp + sp + op + hp + ap + fp)) passed, $((rf + tf + sf + of + hf + af + ff + failed)) failed"
 exit "$failed"

@@ -6,6 +6,7 @@
 //! gateway-bench cluster [--nodes 3 --n 9000 --deliveries 20000 --duration 10]
 //! gateway-bench churn   [--cycles 100000 --concurrency 64]
 //! gateway-bench resume  [--subscribers 6000 --channels 60 --rate 500 --duration 30 --kill-after 15]
+//! gateway-bench soak    [--duration 60 --n 1000 --rate 10 --churn-rate 20 --req-rate 40 --req-clients 40]
 //! ```
 //!
 //! By default it starts what it needs: `nats-server -js` and `redis-server` on free ports
@@ -47,6 +48,9 @@ enum Scenario {
     /// History channels on 3 nodes under load; one node is `kill -9`ed and its clients
     /// resume elsewhere with `recover`: losses, duplicates, catch-up time, history's cost.
     Resume,
+    /// Churn, fan-out and requests at once for `--duration`; RSS, fds, queued bytes and
+    /// tasks before, during and after, and whether they return to idle.
+    Soak,
     /// Internal: a client worker process driven over stdin/stdout.
     #[value(hide = true)]
     Worker,
@@ -58,21 +62,21 @@ enum Scenario {
 struct Args {
     /// Scenario.
     scenario: Scenario,
-    /// Connections (idle, fanout, cluster, resume). Defaults: 15000 / 10000 / 9000 / 6000.
+    /// Connections (idle, fanout, cluster, resume, soak). Defaults: 15000 / 10000 / 9000 / 6000 / 1000.
     #[arg(long, visible_alias = "subscribers")]
     n: Option<u64>,
-    /// Events per second published (all channels together). Defaults: fanout 20, resume 500.
+    /// Events per second published (all channels together). Defaults: fanout 20, resume 500, soak 10.
     #[arg(long)]
     rate: Option<f64>,
     /// Target deliveries per second (sets the rate from the subscriber count). Default cluster 20000.
     #[arg(long)]
     deliveries: Option<f64>,
     /// Seconds each measured publishing phase lasts (resume: the whole publishing on
-    /// history channels, the kill included). Defaults: 10; resume 30.
+    /// history channels, the kill included; soak: the whole load). Defaults: 10; resume 30; soak 60.
     #[arg(long)]
     duration: Option<f64>,
     /// Shared channels the subscribers are spread over (the publisher round-robins them).
-    /// Defaults: 1; resume 60.
+    /// Defaults: 1; resume 60; soak 4.
     #[arg(long)]
     channels: Option<usize>,
     /// resume: seconds after publishing on history channels began that one node is
@@ -97,6 +101,26 @@ struct Args {
     /// Churn cycles.
     #[arg(long)]
     cycles: Option<u64>,
+    /// soak: seconds of load before the RSS reference is read (default: a fifth of
+    /// --duration, 5..=120).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// soak: connect → subscribe → close cycles per second (at most 64 in flight).
+    #[arg(long, default_value_t = 20.0)]
+    churn_rate: f64,
+    /// soak: `request` frames per second, all request clients together.
+    #[arg(long, default_value_t = 40.0)]
+    req_rate: f64,
+    /// soak: connections sending requests (keep under 1.6 requests/s each: the node's
+    /// default rate limit is 100 frames a minute per connection).
+    #[arg(long, default_value_t = 40)]
+    req_clients: usize,
+    /// soak: readings of the node under load after the warm-up (the last at the end).
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    /// soak: most RSS growth allowed between the warm-up and the end of the load, %.
+    #[arg(long, default_value_t = 10.0)]
+    rss_bound: f64,
     /// Handshakes (or churn cycles) in flight at once, over all workers.
     #[arg(long)]
     concurrency: Option<usize>,
@@ -163,6 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Cluster => scenario::fanout::run(&args, true).await,
         Scenario::Churn => scenario::churn::run(&args).await,
         Scenario::Resume => scenario::resume::run(&args).await,
+        Scenario::Soak => scenario::soak::run(&args).await,
         Scenario::Worker => Ok(()),
     }
 }

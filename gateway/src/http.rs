@@ -294,7 +294,8 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
     (status, Json(json!({ "ready": ready, "reason": reason, "node": node.id() }))).into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    telemetry::sample_tasks(&node.tasks);
     let body = telemetry::prometheus().render();
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body).into_response()
 }

@@ -83,6 +83,13 @@ pub const CONNECTIONS_LOST: &str = "gateway_connections_lost_total";
 pub const RECOVERIES: &str = "gateway_recoveries_total";
 /// Counter: events a node fetched from history to fill a hole in a channel's offsets.
 pub const GAP_FILLS: &str = "gateway_history_gap_fills_total";
+/// Tasks the node tracks (connections, their request and send workers, lingering
+/// closes, bus and presence loops); set when `/metrics` is scraped. A count that stays
+/// above its idle level after the load is gone is a leak.
+pub const TASKS: &str = "gateway_tasks";
+/// Tasks alive in the node's Tokio runtime, tracked or not (the NATS and Redis clients'
+/// own included); set when `/metrics` is scraped.
+pub const RUNTIME_TASKS: &str = "gateway_runtime_tasks";
 /// Counter: events refused at their source (labels `source`: client|http|nats; `reason`:
 /// reserved|too_deep|too_large).
 pub const EVENTS_REFUSED: &str = "gateway_events_refused_total";
@@ -167,6 +174,15 @@ static HOT: LazyLock<Hot> = LazyLock::new(|| {
 /// The cached hot-path handles.
 pub fn hot() -> &'static Hot {
     &HOT
+}
+
+/// Sets [`TASKS`] from `tracked` and [`RUNTIME_TASKS`] from the current runtime: gauges
+/// read when scraped, so counting costs nothing between scrapes.
+pub fn sample_tasks(tracked: &tokio_util::task::TaskTracker) {
+    metrics::gauge!(TASKS).set(tracked.len() as f64);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(RUNTIME_TASKS).set(rt.metrics().num_alive_tasks() as f64);
+    }
 }
 
 /// Installs the global tracing subscriber (`RUST_LOG` filters, default `info`).

@@ -14,6 +14,7 @@ pub mod flat;
 pub mod frame;
 pub mod handshake;
 pub mod history;
+pub mod tags;
 
 pub use channel::{Channel, ChannelError, Namespace};
 pub use codec::{DecodeError, Encoded, Encoding, max_encoded_len};
@@ -23,6 +24,7 @@ pub use frame::{
     ClientFrame, ClientTimestamp, DisconnectReason, EventFrame, Principal, PrincipalKind, ServerFrame, StreamPosition,
 };
 pub use history::{HISTORY_GET, HistoryPage, HistoryQuery};
+pub use tags::{client_frame_types, server_frame_types};
 
 /// Milliseconds since the Unix epoch, the unit of every `ts` on the wire.
 pub fn now_ms() -> u64 {

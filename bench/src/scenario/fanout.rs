@@ -70,7 +70,7 @@ impl Step {
 }
 
 /// The NATS body of one bench event, padded to `payload` bytes.
-fn event_body(phase: u64, seq: u64, payload: usize) -> Vec<u8> {
+pub(crate) fn event_body(phase: u64, seq: u64, payload: usize) -> Vec<u8> {
     let t = worker::now_us();
     let head = format!(r#"{{"event":"bench","data":{{"bench_p":{phase},"bench_s":{seq},"bench_t":{t},"pad":""#);
     let tail = "\"}}";

@@ -1,10 +1,11 @@
-//! The scenarios (`idle`, `fanout`/`cluster`, `churn`, `resume`) and what they share: running
+//! The scenarios (`idle`, `fanout`/`cluster`, `churn`, `resume`, `soak`) and what they share: running
 //! against a [`Setup`] that is always stopped, sizing the worker pool and the connect spec.
 
 pub mod churn;
 pub mod fanout;
 pub mod idle;
 pub mod resume;
+pub mod soak;
 
 use anyhow::bail;
 

@@ -335,9 +335,14 @@ async fn metrics_use_gateway_names() -> anyhow::Result<()> {
     let r = reqwest::get(node.http("/metrics")).await?;
     assert_eq!(r.status().as_u16(), 200);
     let text = r.text().await?;
-    for name in
-        ["gateway_connections", "gateway_handshakes_total", "gateway_frames_out_total", "gateway_deliveries_total"]
-    {
+    for name in [
+        "gateway_connections",
+        "gateway_handshakes_total",
+        "gateway_frames_out_total",
+        "gateway_deliveries_total",
+        "gateway_tasks",
+        "gateway_runtime_tasks",
+    ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from /metrics");
     }
     node.stop().await
