@@ -4,6 +4,7 @@
 # `BENCH_JSON {…}` line:
 #   idle     15,000 authenticated, subscribed connections on one node   (RSS/conn <= 8 KiB)
 #   fanout   10,000 subscribers x 20 events/s on one node, then --find-max
+#   fanout-socketio  the same, native then Socket.IO subscribers (same node and rate)
 #            (>= 99% delivered, p99 <= 50 ms)
 #   cluster  3 nodes x 3,000 subscribers, 20,000 deliveries/s           (p50 <= 1 ms, p99 <= 5 ms)
 #   churn    100,000 connect/subscribe/disconnect cycles               (RSS within 5%, tables empty)
@@ -29,7 +30,7 @@ cargo build --release -p gateway -p gateway-bench
 BENCH="${CARGO_TARGET_DIR:-target}/release/gateway-bench"
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-max cluster churn resume soak)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-max fanout-socketio cluster churn resume soak)
 
 run() {
   echo
@@ -48,6 +49,7 @@ for s in "${scenarios[@]}"; do
     idle)       run idle --n 15000 || status=1 ;;
     fanout)     run fanout --n 10000 --rate 20 --duration 10 || status=1 ;;
     fanout-max) run fanout --n 10000 --rate 20 --duration 10 --find-max || status=1 ;;
+    fanout-socketio) run fanout --socketio --n 10000 --rate 20 --duration 10 || status=1 ;;
     # One channel (every event to all 9,000) and 300 channels (30 subscribers each).
     cluster)    run cluster --nodes 3 --n 9000 --deliveries 20000 --duration 10 || status=1
                 run cluster --nodes 3 --n 9000 --deliveries 20000 --duration 10 --channels 300 || status=1 ;;
@@ -56,7 +58,7 @@ for s in "${scenarios[@]}"; do
     resume-2000) run resume --subscribers 6000 --channels 60 --rate 2000 --duration 30 --kill-after 15 || status=1 ;;
     soak)       run soak --duration "${SOAK_SECS:-60}" || status=1 ;;
     soak-20m)   run soak --duration 1200 || status=1 ;;
-    *) echo "unknown scenario: $s (idle|fanout|fanout-max|cluster|churn|resume|resume-2000|soak|soak-20m)" >&2; status=2 ;;
+    *) echo "unknown scenario: $s (idle|fanout|fanout-max|fanout-socketio|cluster|churn|resume|resume-2000|soak|soak-20m)" >&2; status=2 ;;
   esac
 done
 exit $status
