@@ -365,9 +365,14 @@ impl Engine {
                 }
             }
         }
-        // One timer for the connection's deadlines, moved only when the earliest changes.
+        // One timer for the connection's deadlines, moved only when the earliest changes,
+        // and one registration on the stop signal for the connection's life (not one per
+        // outbound event: every connection of the node shares that signal's lock).
         let timer = sleep_until(self.deadline());
         tokio::pin!(timer);
+        let node = self.node.clone();
+        let stopped = node.shutdown.stopped();
+        tokio::pin!(stopped);
         loop {
             if let Some(end) = self.reap().await {
                 return self.close_ws(&mut sink, end).await;
@@ -393,7 +398,7 @@ impl Engine {
             }
             let ended = tokio::select! {
                 biased;
-                _ = self.node.shutdown.stopped() => Some(End::Server(Close::bare(CloseCode::GoingAway))),
+                () = &mut stopped => Some(End::Server(Close::bare(CloseCode::GoingAway))),
                 m = stream.next() => match m {
                     Some(Ok(Message::Text(t))) => self.on_text(t.as_str()).await,
                     // Attachments of refused binary events; WebSocket pings are answered below us.

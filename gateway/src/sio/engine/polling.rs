@@ -33,6 +33,9 @@ impl Engine {
         let cfg = &self.node.cfg;
         let (interval, timeout) = (ms(cfg.socketio.ping_interval_ms), ms(cfg.socketio.ping_timeout_ms));
         let budget = cfg.limits.max_frame_bytes;
+        let node = self.node.clone();
+        let stopped = node.shutdown.stopped();
+        tokio::pin!(stopped);
         let mut waiting: Option<oneshot::Sender<PollAnswer>> = None;
         let mut last_poll = Instant::now();
         loop {
@@ -52,7 +55,7 @@ impl Engine {
             let due = gone_at.map_or(self.deadline(), |g| g.min(self.deadline()));
             let ended = tokio::select! {
                 biased;
-                _ = self.node.shutdown.stopped() => Some(End::Server(Close::bare(CloseCode::GoingAway))),
+                () = &mut stopped => Some(End::Server(Close::bare(CloseCode::GoingAway))),
                 input = rx.recv() => match input {
                     None => Some(End::Gone),
                     Some(Input::Packets(body)) => {
