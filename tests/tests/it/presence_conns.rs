@@ -106,9 +106,12 @@ async fn dead_node_connections_are_reported_lost_exactly_once() -> anyhow::Resul
     // offline yet (nobody reaped it): a new connection is not its first.
     ensure!(c.admit(&conn("n2", "c5", &a3), 1).await? == Admission::Admitted { first: false });
 
-    // n1 and n2 reap concurrently, as their ticks would; each entry comes out of one.
+    // n1's own lease lapsed too while nobody ticked: a live node refreshes before it
+    // could lapse (refresh < lease), so tick n1 once first, as it would have ticked;
+    // otherwise n2 may reap n1's live connection before n1's refresh lands.
     let (rep_b, rep_c) = (report("n1"), report("n2"));
-    let mut lost: Vec<ConnLease> = Vec::new();
+    let mut lost: Vec<ConnLease> = b.maintain(&rep_b).await?.lost;
+    // Then n1 and n2 reap concurrently, as their ticks would; each entry comes out of one.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while lost.len() < 3 {
         if tokio::time::Instant::now() > deadline {
