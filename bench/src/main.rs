@@ -20,6 +20,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod infra;
+mod native;
 mod pool;
 mod proto;
 mod report;
