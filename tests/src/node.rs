@@ -391,3 +391,30 @@ pub fn refusal(r: Result<Client, ClientError>) -> anyhow::Result<(u16, Value)> {
         Ok(_) => bail!("expected an HTTP refusal, the handshake succeeded"),
     }
 }
+
+/// Subscribes `ch`, recovering from `pos` when given; returns the response's result.
+/// Events named `e` on `ch` that arrive before the answer (a replay is queued before
+/// it) go to `into`. Bounded by `limit`.
+pub async fn join_recovering(
+    c: &mut Client,
+    ch: &str,
+    pos: Option<&gateway_protocol::StreamPosition>,
+    into: &mut Vec<gateway_protocol::EventFrame>,
+    limit: Duration,
+) -> anyhow::Result<Value> {
+    use gateway_protocol::{ClientFrame, ServerFrame};
+    let recover: std::collections::BTreeMap<String, gateway_protocol::StreamPosition> =
+        pos.map(|p| (ch.to_owned(), p.clone())).into_iter().collect();
+    c.send(&ClientFrame::Subscribe { id: Some("j".into()), channels: vec![ch.into()], token: None, recover }).await?;
+    c.recv_until(limit, |r| match r {
+        gateway_client::Received::Frame(ServerFrame::Event(e)) if e.channel.as_str() == ch && e.event == "e" => {
+            into.push(e.clone());
+            None
+        }
+        gateway_client::Received::Frame(ServerFrame::Response { id, result, error }) if id == "j" => {
+            Some(result.clone().ok_or_else(|| anyhow::anyhow!("subscribe: {error:?}")))
+        }
+        _ => None,
+    })
+    .await?
+}

@@ -211,19 +211,7 @@ async fn join(
     pos: Option<&StreamPosition>,
     into: &mut Vec<EventFrame>,
 ) -> anyhow::Result<Value> {
-    let recover: BTreeMap<String, StreamPosition> = pos.map(|p| (ch.to_owned(), p.clone())).into_iter().collect();
-    c.send(&ClientFrame::Subscribe { id: Some("j".into()), channels: vec![ch.into()], token: None, recover }).await?;
-    c.recv_until(T, |r| match r {
-        Received::Frame(ServerFrame::Event(e)) if e.channel.as_str() == ch && e.event == "e" => {
-            into.push(e.clone());
-            None
-        }
-        Received::Frame(ServerFrame::Response { id, result, error }) if id == "j" => {
-            Some(result.clone().ok_or_else(|| anyhow::anyhow!("subscribe: {error:?}")))
-        }
-        _ => None,
-    })
-    .await?
+    gateway_tests::node::join_recovering(c, ch, pos, into, T).await
 }
 
 /// Reads events of `ch` until the one with `n == last`, bounded by `limit`.

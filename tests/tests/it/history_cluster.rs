@@ -4,12 +4,12 @@
 //! and a NATS restart on the same store. Real nats-server (JetStream) and redis-server on
 //! free ports, several nodes, every wait bounded.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use gateway::{Config, config::SessionPolicy};
 use gateway_client::{Client, Connect, Received};
-use gateway_protocol::{ClientFrame, EventFrame, ServerFrame, StreamPosition};
+use gateway_protocol::{EventFrame, ServerFrame, StreamPosition};
 use gateway_tests::{
     node::{ProcessNode, TestNode, connected, test_config, user_token},
     relay::Relay,
@@ -35,27 +35,14 @@ async fn user(url: String) -> anyhow::Result<Client> {
     Ok(c)
 }
 
-/// Subscribes `ch`, recovering from `pos` when given; returns the response's result.
-/// Events that arrive before the answer (a replay is queued before it) go to `into`.
+/// Subscribes `ch` (recovering from `pos`), collecting events that precede the answer.
 async fn join(
     c: &mut Client,
     ch: &str,
     pos: Option<&StreamPosition>,
     into: &mut Vec<EventFrame>,
 ) -> anyhow::Result<Value> {
-    let recover: BTreeMap<String, StreamPosition> = pos.map(|p| (ch.to_owned(), p.clone())).into_iter().collect();
-    c.send(&ClientFrame::Subscribe { id: Some("j".into()), channels: vec![ch.into()], token: None, recover }).await?;
-    c.recv_until(T, |r| match r {
-        Received::Frame(ServerFrame::Event(e)) if e.channel.as_str() == ch && e.event == "e" => {
-            into.push(e.clone());
-            None
-        }
-        Received::Frame(ServerFrame::Response { id, result, error }) if id == "j" => {
-            Some(result.clone().ok_or_else(|| anyhow::anyhow!("subscribe: {error:?}")))
-        }
-        _ => None,
-    })
-    .await?
+    gateway_tests::node::join_recovering(c, ch, pos, into, T).await
 }
 
 /// A backend publishing `{"event":"e","data":{"n":n}}` on `subject` every `every`,
