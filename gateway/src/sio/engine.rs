@@ -221,35 +221,35 @@ impl Engine {
         }
     }
 
-    /// Takes what is ready to write, the engine's own packets first, up to `budget`
-    /// bytes (at least one packet).
-    fn take_output(&mut self, budget: usize) -> Vec<Message> {
-        let mut out = Vec::new();
+    /// Moves what is ready to write into `out`, the engine's own packets first, up to
+    /// `budget` bytes (at least one packet).
+    fn take_output(&mut self, budget: usize, out: &mut Vec<Message>) {
         let mut bytes = 0;
         while let Some(p) = self.direct.pop_front() {
             bytes += p.len();
             out.push(Message::Text(Utf8Bytes::from(p)));
             if bytes >= budget {
-                return out;
+                return;
             }
         }
-        let hot = telemetry::hot();
-        for s in &mut self.sockets {
+        let mut queued = 0;
+        'sockets: for s in &mut self.sockets {
             let State::Live(live) = &mut s.state else {
                 continue;
             };
             while let Some(m) = live.outbox.pop() {
                 let len = crate::conn::handle::message_len(&m);
-                hot.queue_bytes.decrement(len as f64);
-                hot.bytes_out.increment(len as u64);
-                bytes += len;
+                queued += len;
                 out.push(m);
-                if bytes >= budget {
-                    return out;
+                if bytes + queued >= budget {
+                    break 'sockets;
                 }
             }
         }
-        out
+        // The gauges once per batch, as the native writer does.
+        let hot = telemetry::hot();
+        hot.queue_bytes.decrement(queued as f64);
+        hot.bytes_out.increment(queued as u64);
     }
 
     /// Whether anything waits to be written.
@@ -373,14 +373,16 @@ impl Engine {
         let node = self.node.clone();
         let stopped = node.shutdown.stopped();
         tokio::pin!(stopped);
+        // One buffer for the connection's life: the fan-out wakes this loop per event.
+        let mut out: Vec<Message> = Vec::new();
         loop {
             if let Some(end) = self.reap().await {
                 return self.close_ws(&mut sink, end).await;
             }
-            let out = self.take_output(usize::MAX);
+            self.take_output(usize::MAX, &mut out);
             if !out.is_empty() {
                 let write = async {
-                    for m in out {
+                    for m in out.drain(..) {
                         sink.feed(m).await?;
                     }
                     sink.flush().await

@@ -46,7 +46,9 @@ impl Engine {
                 waiting = None;
             }
             if waiting.is_some() && self.has_output() {
-                let body = join(self.take_output(budget));
+                let mut out = Vec::new();
+                self.take_output(budget, &mut out);
+                let body = join(out);
                 answer(&mut waiting, body);
                 last_poll = Instant::now();
             }
@@ -131,7 +133,9 @@ impl Engine {
             self.close_sockets(close);
             self.direct.push_back("1".into());
         }
-        join(self.take_output(usize::MAX))
+        let mut out = Vec::new();
+        self.take_output(usize::MAX, &mut out);
+        join(out)
     }
 
     /// Queues every socket's notice (the engine closes with them).
